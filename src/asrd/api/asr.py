@@ -1,0 +1,177 @@
+"""The seed's synchronous API: `POST /asr` with raw audio, a URL, a server path, or a form."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, ValidationError
+from starlette.datastructures import UploadFile
+
+from ..audio import AudioError, AudioTooLong
+from ..engine import Engine, EngineNotReady, TranscribeOptions
+from ..errors import ApiError
+from ..inputs import load_source
+
+router = APIRouter(tags=["seed API"])
+
+RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
+
+
+class UrlRequest(BaseModel):
+    url: str = Field(
+        description="An http(s) URL to download, or an absolute path on the server "
+        "(only below LOCAL_FILE_DIRS).",
+        min_length=1,
+        max_length=8192,
+    )
+
+
+class Chunk(BaseModel):
+    timestamp: tuple[float, float] = Field(description="Start and end, in seconds")
+    text: str
+
+
+class AsrResponse(BaseModel):
+    text: str
+    chunks: list[Chunk]
+    language: str = Field(description="Language of the speech (ISO 639-1)")
+    duration: float = Field(description="Length of the decoded audio, in seconds")
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+_ERRORS = {
+    status: {"model": ErrorResponse, "description": text}
+    for status, text in {
+        400: "Undecodable or empty audio, or a malformed URL",
+        403: "A server path outside LOCAL_FILE_DIRS",
+        413: "Audio over MAX_UPLOAD_MB or MAX_AUDIO_S",
+        415: "Unsupported Content-Type",
+        422: "JSON or form without the expected field",
+        502: "Downloading the URL failed",
+        503: "The model is not loaded yet",
+        504: "Downloading the URL timed out",
+    }.items()
+}
+
+_REQUEST_BODY = {
+    "required": True,
+    "content": {
+        "application/octet-stream": {
+            "schema": {"type": "string", "format": "binary"},
+            "example": "(the audio file's bytes; also audio/* or no Content-Type)",
+        },
+        "audio/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": UrlRequest.model_json_schema()},
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "properties": {"file": {"type": "string", "format": "binary"}},
+                "required": ["file"],
+            }
+        },
+    },
+}
+
+
+@router.post(
+    "/asr",
+    response_model=AsrResponse,
+    responses=_ERRORS,
+    summary="Transcribe audio: raw bytes, a URL or server path as JSON, or a multipart form",
+    openapi_extra={"requestBody": _REQUEST_BODY},
+)
+async def asr(request: Request) -> JSONResponse:
+    started = time.perf_counter()
+    engine: Engine = request.app.state.engine
+    if not engine.ready:
+        raise ApiError(
+            503, "model_not_ready", "the model is not loaded yet", headers={"Retry-After": "5"}
+        )
+    data = await read_audio_input(request)
+    try:
+        samples = await engine.decode(data)
+        del data
+        transcript = await engine.transcribe(samples, TranscribeOptions())
+    except AudioError as exc:
+        raise ApiError(400, "invalid_audio", str(exc)) from None
+    except AudioTooLong as exc:
+        raise ApiError(413, "audio_too_long", str(exc)) from None
+    except EngineNotReady as exc:
+        raise ApiError(503, "model_not_ready", str(exc), {"Retry-After": "5"}) from None
+
+    elapsed = time.perf_counter() - started
+    body = AsrResponse(
+        text=transcript.text,
+        chunks=[
+            Chunk(timestamp=(segment.start, segment.end), text=segment.text.strip())
+            for segment in transcript.segments
+        ],
+        language=transcript.language,
+        duration=round(transcript.duration, 3),
+    )
+    headers = {
+        "X-Processing-Time": f"{elapsed:.3f}",
+        "X-Audio-Length": f"{transcript.duration:.3f}",
+        "X-Realtime-Factor": f"{transcript.duration / max(elapsed, 1e-6):.2f}",
+        "X-Model-ID": engine.settings.model_id,
+    }
+    return JSONResponse(body.model_dump(), headers=headers)
+
+
+async def read_audio_input(request: Request) -> bytes:
+    """The audio bytes of a `/asr` request, whichever of the four shapes it has."""
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    settings = request.app.state.settings
+    if content_type == "application/json" or content_type.endswith("+json"):
+        return await load_source(_parse_url_request(await request.body()).url, settings)
+    if content_type == "multipart/form-data":
+        return await _read_form_file(request)
+    is_raw = content_type in RAW_TYPES or content_type.startswith(("audio/", "video/"))
+    if not content_type or is_raw:
+        data = await request.body()
+        if not data:
+            raise ApiError(400, "invalid_audio", "the request body is empty")
+        return data
+    raise ApiError(
+        415,
+        "unsupported_media_type",
+        f"Content-Type {content_type!r} is not accepted: send audio bytes "
+        '(application/octet-stream or audio/*), JSON {"url": ...}, or multipart/form-data '
+        "with a 'file' field",
+    )
+
+
+def _parse_url_request(raw: bytes) -> UrlRequest:
+    try:
+        payload = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
+    if not isinstance(payload, dict) or "url" not in payload:
+        raise ApiError(422, "invalid_request", 'a JSON body must be an object with a "url" field')
+    try:
+        return UrlRequest.model_validate(payload)
+    except ValidationError as exc:
+        message = "; ".join(f"url: {error['msg']}" for error in exc.errors())
+        raise ApiError(422, "invalid_request", message) from None
+
+
+async def _read_form_file(request: Request) -> bytes:
+    async with request.form(max_files=1, max_fields=16) as form:
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise ApiError(422, "invalid_request", "the form needs a 'file' field with the audio")
+        data = await upload.read()
+    if not data:
+        raise ApiError(400, "invalid_audio", "the uploaded file is empty")
+    return data

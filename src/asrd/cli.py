@@ -1,0 +1,63 @@
+"""The `asrd` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from .config import ConfigError, load_settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="asrd", description="Whisper speech recognition server")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the HTTP server (configured by env vars)")
+    serve.add_argument("--host", help="overrides HOST")
+    serve.add_argument("--port", type=int, help="overrides PORT")
+    commands.add_parser("env-table", help="print the table of environment variables (Markdown)")
+    args = parser.parse_args(argv)
+
+    if args.command == "env-table":
+        from .docs import env_table
+
+        print(env_table())
+        return
+
+    overrides = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name)}
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as exc:
+        print(f"asrd: {exc}", file=sys.stderr)
+        sys.exit(2)
+    sys.exit(serve_forever(settings))
+
+
+def serve_forever(settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    logging.basicConfig(
+        level=settings.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    failure: list[str] = []
+
+    def on_load_failure(reason: str) -> None:
+        failure.append(reason)
+        server.should_exit = True
+
+    app = create_app(settings, on_load_failure=on_load_failure)
+    # "*" (the seed's default) means every interface, IPv4 and IPv6: asyncio's create_server
+    # binds one socket per address family when given no host.
+    host = None if settings.host in ("*", "") else settings.host
+    config = uvicorn.Config(
+        app, host=host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+    )
+    server = uvicorn.Server(config)
+    server.run()
+    if failure:
+        print(f"asrd: the model could not be loaded: {failure[0]}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,236 @@
+"""Configuration: every setting is an environment variable, declared and documented once here.
+
+The README's table of variables is generated from this class (``asrd env-table``), so the
+``description`` of each field is the user-facing documentation.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+COMPUTE_TYPES = (
+    "auto",
+    "default",
+    "int8",
+    "int8_float16",
+    "int8_float32",
+    "int8_bfloat16",
+    "int16",
+    "float16",
+    "bfloat16",
+    "float32",
+)
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "asrd"
+
+
+def _available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    """asrd's settings, read from environment variables (names are case-insensitive)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # --- HTTP server -------------------------------------------------------------------------
+    host: str = Field(
+        "*",
+        description="Interface to listen on. `*` means every interface, IPv4 and IPv6.",
+    )
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+
+    # --- Model -------------------------------------------------------------------------------
+    model_id: str = Field(
+        "large-v3-turbo",
+        description=(
+            "Whisper model: a local directory with a CTranslate2 Whisper model, a faster-whisper "
+            "name (`tiny.en`, `base`, `large-v3`, `turbo`, `distil-large-v3`, ...), a Hugging "
+            "Face id of an OpenAI/distil-whisper model (`openai/whisper-large-v3`, "
+            "`distil-whisper/distil-large-v2`, ...; mapped to its CTranslate2 conversion) or of "
+            "a CTranslate2 conversion itself. Downloaded once into `CACHE_DIR`. `tiny.en` and "
+            "`base` are used offline from the `asrd[offline]` packages when installed. The "
+            "default, large-v3-turbo, is large-v3's accuracy at several times its speed."
+        ),
+    )
+    cache_dir: Path = Field(
+        default_factory=_default_cache_dir,
+        description=(
+            "Where downloaded and assembled models are kept (default `~/.cache/asrd`; the seed "
+            "used `/data`, which needs root: set it to `/data` in a container with a volume)."
+        ),
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="Inference device: `auto` uses a CUDA GPU when one is usable."
+    )
+    compute_type: str = Field(
+        "auto",
+        description=(
+            "CTranslate2 compute type: `auto` is float16 on a GPU and int8 on a CPU; also "
+            "`int8`, `int8_float16`, `int16`, `float16`, `bfloat16`, `float32`, ..."
+        ),
+    )
+    cpu_threads: int = Field(
+        default_factory=_available_cores,
+        ge=1,
+        le=1024,
+        description="Threads for inference on the CPU (default: all cores this process may use)",
+    )
+    flash_attention_2: bool = Field(
+        False,
+        description=(
+            "Use CTranslate2's flash attention on GPUs that support it (compute capability >= "
+            "8.0); elsewhere it is a logged no-op."
+        ),
+    )
+
+    # --- Long-audio inference ----------------------------------------------------------------
+    batch_size: int = Field(
+        16, ge=1, le=256, description="How many audio windows are decoded together in one batch."
+    )
+    chunk_length_s: float = Field(
+        30,
+        gt=0,
+        le=30,
+        description=(
+            "Longest window (seconds) that long audio is cut into, at pauses in the speech. "
+            "Whisper sees at most 30 s at a time."
+        ),
+    )
+    stride_length_s: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Accepted for compatibility with the seed, no effect: the seed cut audio at fixed "
+            "positions and needed overlapping strides to re-join words cut in two; asrd cuts "
+            "windows at pauses found by voice activity detection, so no word is cut and no "
+            "overlap is needed."
+        ),
+    )
+    max_new_tokens: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Accepted for compatibility with the seed, no effect: a cap on the tokens decoded "
+            "per window would silently cut off dense speech (the seed's 128 did), so asrd always "
+            "lets the decoder run to the model's own limit (448 tokens per 30 s window)."
+        ),
+    )
+    beam_size: int = Field(5, ge=1, le=16, description="Beam width of the decoder.")
+    vad_filter: bool = Field(
+        True,
+        description=(
+            "Skip non-speech with Silero VAD before decoding (prevents text invented in silence "
+            "or noise)."
+        ),
+    )
+
+    # --- Inputs and limits -------------------------------------------------------------------
+    max_upload_mb: float = Field(
+        250, gt=0, description="Largest accepted audio, in MB: request bodies and URL downloads."
+    )
+    max_audio_s: float = Field(
+        3 * 3600, gt=0, description="Longest accepted audio, in seconds of decoded sound."
+    )
+    local_file_dirs: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated directories whose files `POST /asr` may read when given "
+            '`{"url": "/absolute/path"}`. Empty (the default) forbids reading server files.'
+        ),
+    )
+    url_connect_timeout_s: float = Field(
+        10, gt=0, description="Connect timeout when downloading an audio URL."
+    )
+    url_read_timeout_s: float = Field(
+        30, gt=0, description="Longest wait for the next bytes when downloading an audio URL."
+    )
+    url_total_timeout_s: float = Field(
+        300, gt=0, description="Longest time a whole audio URL download may take."
+    )
+
+    # --- Logging -----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO", description="Log level."
+    )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("compute_type", mode="before")
+    @classmethod
+    def _check_compute_type(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = value.strip().lower()
+            if value not in COMPUTE_TYPES:
+                raise ValueError(f"must be one of {', '.join(COMPUTE_TYPES)}")
+        return value
+
+    @field_validator("local_file_dirs", mode="before")
+    @classmethod
+    def _split_dirs(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("local_file_dirs")
+    @classmethod
+    def _check_dirs(cls, value: list[Path]) -> list[Path]:
+        resolved = []
+        for path in value:
+            if not path.is_absolute():
+                raise ValueError(f"{path} is not an absolute path")
+            if not path.is_dir():
+                raise ValueError(f"{path} is not a directory")
+            resolved.append(path.resolve())
+        return resolved
+
+    @field_validator("model_id")
+    @classmethod
+    def _check_model_id(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty")
+        looks_like_path = value.startswith(("/", "./", "../", "~")) or os.sep + os.sep in value
+        if looks_like_path and not Path(value).expanduser().is_dir():
+            raise ValueError(f"{value} is not a directory")
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+class ConfigError(Exception):
+    """Invalid configuration; the message names each offending environment variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the settings from the environment, turning validation errors into a `ConfigError`."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            name = str(error["loc"][0]).upper() if error["loc"] else "?"
+            raw = os.environ.get(name)
+            got = f" (got {raw!r})" if raw is not None else ""
+            lines.append(f"{name}: {error['msg']}{got}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

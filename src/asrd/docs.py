@@ -1,0 +1,24 @@
+"""Documentation generated from the code, so it can't drift from it."""
+
+from __future__ import annotations
+
+from pydantic_core import PydanticUndefined
+
+from .config import Settings
+
+
+def env_table() -> str:
+    """A Markdown table of every environment variable, its default and its meaning."""
+    rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
+    for name, field in Settings.model_fields.items():
+        if field.default_factory is not None:
+            default = {"cache_dir": "`~/.cache/asrd`", "cpu_threads": "all cores"}.get(name, "")
+        elif field.default is PydanticUndefined or field.default is None:
+            default = "unset"
+        elif isinstance(field.default, list):
+            default = "empty"
+        else:
+            default = f"`{field.default}`"
+        description = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `{name.upper()}` | {default} | {description} |")
+    return "\n".join(rows)

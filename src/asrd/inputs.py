@@ -1,0 +1,130 @@
+"""Where audio bytes come from besides the request body: a URL to download, or a server path.
+
+Both are capped at `MAX_UPLOAD_MB` while reading, never after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import stat
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+
+from .config import Settings
+from .errors import ApiError
+
+MAX_REDIRECTS = 5
+
+
+def too_large(limit_bytes: int) -> ApiError:
+    return ApiError(
+        413,
+        "too_large",
+        f"the audio is larger than the limit of {limit_bytes / 1024 / 1024:g} MB (MAX_UPLOAD_MB)",
+    )
+
+
+async def load_source(source: str, settings: Settings) -> bytes:
+    """Bytes of the audio named by the seed's `{"url": ...}`: an http(s) URL or a local path."""
+    source = source.strip()
+    scheme = urlsplit(source).scheme.lower()
+    if scheme in ("http", "https"):
+        return await fetch_url(source, settings)
+    if scheme == "file":
+        split = urlsplit(source)
+        if split.netloc not in ("", "localhost"):
+            raise ApiError(400, "invalid_url", "file:// URLs must name a local path")
+        return await read_local_file(split.path, settings)
+    if source.startswith("/"):
+        return await read_local_file(source, settings)
+    raise ApiError(
+        400,
+        "invalid_url",
+        "url must be an http:// or https:// URL, or an absolute path on the server",
+    )
+
+
+async def fetch_url(url: str, settings: Settings) -> bytes:
+    limit = settings.max_upload_bytes
+    timeout = httpx.Timeout(
+        connect=settings.url_connect_timeout_s,
+        read=settings.url_read_timeout_s,
+        write=settings.url_read_timeout_s,
+        pool=settings.url_connect_timeout_s,
+    )
+    try:
+        async with (
+            asyncio.timeout(settings.url_total_timeout_s),
+            httpx.AsyncClient(
+                timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS
+            ) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code >= 400:
+                raise ApiError(
+                    502,
+                    "fetch_failed",
+                    f"fetching the audio URL failed: the server answered {response.status_code}",
+                )
+            declared = response.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise too_large(limit)
+            body = bytearray()
+            async for piece in response.aiter_bytes():
+                body += piece
+                if len(body) > limit:
+                    raise too_large(limit)
+            return bytes(body)
+    except ApiError:
+        raise
+    except (TimeoutError, httpx.TimeoutException):
+        raise ApiError(504, "fetch_timeout", "fetching the audio URL timed out") from None
+    except httpx.TooManyRedirects:
+        raise ApiError(
+            502, "fetch_failed", f"fetching the audio URL failed: over {MAX_REDIRECTS} redirects"
+        ) from None
+    except (httpx.HTTPError, OSError) as exc:
+        reason = type(exc).__name__
+        raise ApiError(502, "fetch_failed", f"fetching the audio URL failed ({reason})") from None
+
+
+async def read_local_file(raw_path: str, settings: Settings) -> bytes:
+    """Read a server file, only below one of `LOCAL_FILE_DIRS` after resolving links and `..`."""
+    if not settings.local_file_dirs:
+        raise ApiError(
+            403,
+            "local_files_disabled",
+            "reading files on the server is disabled; to allow it, list the permitted "
+            "directories in LOCAL_FILE_DIRS (comma-separated)",
+        )
+    return await asyncio.to_thread(
+        _read_allowed_file, raw_path, settings.local_file_dirs, settings.max_upload_bytes
+    )
+
+
+def _read_allowed_file(raw_path: str, allowed_dirs: list[Path], limit: int) -> bytes:
+    path = Path(os.path.realpath(raw_path))
+    if not any(path.is_relative_to(allowed) for allowed in allowed_dirs):
+        raise ApiError(
+            403, "forbidden_path", "the path is outside the directories listed in LOCAL_FILE_DIRS"
+        )
+    try:
+        # O_NONBLOCK: opening a FIFO must not hang; it is rejected just below.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except FileNotFoundError:
+        raise ApiError(404, "file_not_found", "no such file in LOCAL_FILE_DIRS") from None
+    except OSError:
+        raise ApiError(403, "forbidden_path", "the file can't be read") from None
+    with os.fdopen(fd, "rb") as file:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise ApiError(400, "not_a_file", "the path is not a regular file")
+        if info.st_size > limit:
+            raise too_large(limit)
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise too_large(limit)
+    return data

