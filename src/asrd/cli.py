@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from .config import ConfigError, load_settings
+from .config import ConfigError, Settings, load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -33,7 +33,11 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(serve_forever(settings))
 
 
-def serve_forever(settings) -> int:
+def settings_level(settings: Settings) -> int:
+    return logging.getLevelName(settings.log_level)
+
+
+def serve_forever(settings: Settings) -> int:
     import uvicorn
 
     from .app import create_app
@@ -42,6 +46,8 @@ def serve_forever(settings) -> int:
         level=settings.log_level,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # faster-whisper logs every request at INFO; asrd logs what matters itself.
+    logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, settings_level(settings)))
     failure: list[str] = []
 
     def on_load_failure(reason: str) -> None:

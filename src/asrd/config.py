@@ -105,9 +105,9 @@ class Settings(BaseSettings):
     batch_size: int = Field(
         16, ge=1, le=256, description="How many audio windows are decoded together in one batch."
     )
-    chunk_length_s: float = Field(
+    chunk_length_s: int = Field(
         30,
-        gt=0,
+        ge=1,
         le=30,
         description=(
             "Longest window (seconds) that long audio is cut into, at pauses in the speech. "

@@ -12,11 +12,12 @@ def env_table() -> str:
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         if field.default_factory is not None:
-            default = {"cache_dir": "`~/.cache/asrd`", "cpu_threads": "all cores"}.get(name, "")
+            factory_defaults = {"cache_dir": "`~/.cache/asrd`", "cpu_threads": "all cores"}
+            default = factory_defaults.get(name, "empty")
         elif field.default is PydanticUndefined or field.default is None:
             default = "unset"
-        elif isinstance(field.default, list):
-            default = "empty"
+        elif isinstance(field.default, bool):
+            default = f"`{str(field.default).lower()}`"
         else:
             default = f"`{field.default}`"
         description = (field.description or "").replace("|", "\\|")

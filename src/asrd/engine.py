@@ -207,6 +207,14 @@ class Engine:
         language = options.language
         if not self._model.model.is_multilingual:
             language = "en"
+        windows = None
+        if not settings.vad_filter:  # fixed windows instead of windows cut at pauses
+            step = settings.chunk_length_s
+            windows = [
+                {"start": start, "end": min(start + step, duration)}
+                for start in range(0, max(1, int(np.ceil(duration))), step)
+                if start < duration
+            ]
         segments, info = self._pipeline.transcribe(
             samples,
             language=language,
@@ -218,7 +226,8 @@ class Engine:
             without_timestamps=False,
             word_timestamps=options.word_timestamps,
             vad_filter=settings.vad_filter,
-            chunk_length=max(1, round(settings.chunk_length_s)),
+            clip_timestamps=windows,
+            chunk_length=settings.chunk_length_s,
             log_progress=False,
         )
         kept = [

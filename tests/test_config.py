@@ -1,0 +1,98 @@
+"""Configuration: defaults, parsing, and start-up errors that name the variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from asrd.config import ConfigError, load_settings
+from asrd.docs import env_table
+
+
+def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings()
+    assert settings.host == "*" and settings.port == 8000
+    assert settings.batch_size == 16 and settings.chunk_length_s == 30
+    assert settings.device == "auto" and settings.compute_type == "auto"
+    assert settings.cpu_threads >= 1
+    assert settings.local_file_dirs == []
+    assert settings.flash_attention_2 is False
+
+
+def test_values_are_parsed(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("STRIDE_LENGTH_S", "2.5")  # the seed's int() crashed on this
+    monkeypatch.setenv("CHUNK_LENGTH_S", "20")
+    monkeypatch.setenv("FLASH_ATTENTION_2", "1")
+    monkeypatch.setenv("COMPUTE_TYPE", "FLOAT32")
+    monkeypatch.setenv("LOCAL_FILE_DIRS", f"{tmp_path}/a, {tmp_path}/b/../b")
+    monkeypatch.setenv("log_level", "debug")
+    settings = load_settings()
+    assert settings.port == 9000 and settings.stride_length_s == 2.5
+    assert settings.chunk_length_s == 20 and settings.flash_attention_2 is True
+    assert settings.compute_type == "float32" and settings.log_level == "DEBUG"
+    assert settings.local_file_dirs == [(tmp_path / "a").resolve(), (tmp_path / "b").resolve()]
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("PORT", "http"),
+        ("PORT", "70000"),
+        ("BATCH_SIZE", "0"),
+        ("CHUNK_LENGTH_S", "45"),
+        ("STRIDE_LENGTH_S", "-1"),
+        ("MAX_NEW_TOKENS", "0"),
+        ("DEVICE", "tpu"),
+        ("COMPUTE_TYPE", "int3"),
+        ("CPU_THREADS", "0"),
+        ("FLASH_ATTENTION_2", "maybe"),
+        ("MODEL_ID", "/no/such/model/dir"),
+        ("MODEL_ID", " "),
+        ("LOCAL_FILE_DIRS", "relative/dir"),
+        ("LOCAL_FILE_DIRS", "/no/such/dir"),
+        ("MAX_UPLOAD_MB", "-5"),
+        ("MAX_AUDIO_S", "0"),
+        ("URL_READ_TIMEOUT_S", "soon"),
+        ("LOG_LEVEL", "chatty"),
+    ],
+)
+def test_invalid_values_name_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    assert f"{name}:" in str(excinfo.value)
+
+
+def test_serve_exits_with_a_clear_message_on_bad_config() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "asrd", "serve"],
+        env={"PATH": "/usr/bin:/bin", "BATCH_SIZE": "lots", "PORT": "-1"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "BATCH_SIZE" in result.stderr and "'lots'" in result.stderr
+    assert "PORT" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_env_table_lists_every_setting() -> None:
+    table = env_table()
+    names = "HOST PORT MODEL_ID CACHE_DIR BATCH_SIZE CHUNK_LENGTH_S STRIDE_LENGTH_S MAX_NEW_TOKENS"
+    names += " FLASH_ATTENTION_2 DEVICE COMPUTE_TYPE CPU_THREADS LOCAL_FILE_DIRS MAX_UPLOAD_MB"
+    for name in (names + " MAX_AUDIO_S").split():
+        assert f"| `{name}` |" in table
+
+
+def test_readme_env_table_is_current() -> None:
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert env_table() in readme, "README's env table is stale: run `asrd env-table`"

@@ -1,0 +1,56 @@
+"""Model resolution: local dirs, bundled offline packages, Hugging Face names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from asrd.models import ModelNotAvailable, canonical_name, is_model_dir, resolve_model
+
+from conftest import model_dir
+
+
+@pytest.mark.parametrize(
+    "given,expected",
+    [
+        ("openai/whisper-large-v3", "large-v3"),
+        ("openai/whisper-large-v3-turbo", "large-v3-turbo"),
+        ("openai/whisper-tiny.en", "tiny.en"),
+        ("openai/whisper-large", "large-v1"),
+        ("distil-whisper/distil-large-v2", "distil-large-v2"),
+        ("distil-whisper/distil-large-v3", "distil-large-v3"),
+        ("large-v3", "large-v3"),
+        ("Systran/faster-whisper-small", "Systran/faster-whisper-small"),
+    ],
+)
+def test_hugging_face_ids_map_to_ctranslate2_conversions(given: str, expected: str) -> None:
+    assert canonical_name(given) == expected
+
+
+def test_local_directory(tmp_path: Path) -> None:
+    assert resolve_model(model_dir(), tmp_path) == Path(model_dir())
+    with pytest.raises(ModelNotAvailable, match="no CTranslate2 Whisper model"):
+        resolve_model(str(tmp_path), tmp_path)
+
+
+def test_bundled_tiny_en_needs_no_network(tmp_path: Path) -> None:
+    for name in ("tiny.en", "openai/whisper-tiny.en"):
+        path = resolve_model(name, tmp_path, allow_download=False)
+        assert is_model_dir(path)
+
+
+def test_bundled_multilingual_base_is_assembled_once(tmp_path: Path) -> None:
+    path = resolve_model("base", tmp_path, allow_download=False)
+    assert is_model_dir(path) and path.is_relative_to(tmp_path)
+    assert (path / "model.bin").stat().st_size > 100_000_000
+    mtime = (path / "model.bin").stat().st_mtime_ns
+    assert resolve_model("openai/whisper-base", tmp_path, allow_download=False) == path
+    assert (path / "model.bin").stat().st_mtime_ns == mtime
+
+
+def test_missing_model_without_download(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotAvailable, match="is not in"):
+        resolve_model("large-v3", tmp_path, allow_download=False)
+    with pytest.raises(ModelNotAvailable, match="unknown model"):
+        resolve_model("gigantic-v9", tmp_path, allow_download=False)
