@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from . import __version__
-from .api import asr, health
+from .api import asr, health, openai
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import install_error_handlers
@@ -61,4 +61,5 @@ def create_app(
     )
     app.include_router(health.router)
     app.include_router(asr.router)
+    app.include_router(openai.router)
     return app

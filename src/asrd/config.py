@@ -142,6 +142,59 @@ class Settings(BaseSettings):
         ),
     )
 
+    compression_ratio_threshold: float = Field(
+        2.4,
+        gt=0,
+        description=(
+            "A window whose text compresses better than this (gzip ratio) is repetitive, a "
+            "typical decoding failure, and is decoded again at higher temperatures."
+        ),
+    )
+    log_prob_threshold: float = Field(
+        -1.0,
+        le=0,
+        description=(
+            "A window whose mean token log-probability is below this is decoded again at "
+            "higher temperatures (or dropped as silence, see NO_SPEECH_THRESHOLD)."
+        ),
+    )
+    no_speech_threshold: float = Field(
+        0.6,
+        ge=0,
+        le=1,
+        description=(
+            "A window whose no-speech probability is above this and whose log-probability is "
+            "below LOG_PROB_THRESHOLD is silence: its text is dropped, never invented."
+        ),
+    )
+    stream_batch_size: int = Field(
+        4,
+        ge=1,
+        le=256,
+        description=(
+            "Batch size for streamed requests (`stream=true`): smaller than BATCH_SIZE so the "
+            "first text arrives sooner."
+        ),
+    )
+    segment_max_s: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Default cap on a segment's length in seconds (subtitles that read well): longer "
+            "segments are split at word boundaries using word timings. Unset: Whisper's "
+            "segments as they are. A request's `max_segment_s` overrides it."
+        ),
+    )
+    segment_max_chars: int | None = Field(
+        None,
+        ge=10,
+        description=(
+            "Default cap on a segment's length in characters (e.g. 84 for two 42-character "
+            "subtitle lines), split like SEGMENT_MAX_S. A request's `max_segment_chars` "
+            "overrides it."
+        ),
+    )
+
     # --- Inputs and limits -------------------------------------------------------------------
     max_upload_mb: float = Field(
         250, gt=0, description="Largest accepted audio, in MB: request bodies and URL downloads."

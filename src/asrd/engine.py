@@ -10,26 +10,25 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
+import threading
 import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import ctranslate2
 import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
+from faster_whisper.transcribe import get_compression_ratio
 
 from .audio import SAMPLE_RATE, decode_audio
 from .config import Settings
 from .models import resolve_model
 
 log = logging.getLogger(__name__)
-
-# Whisper's own rule for "this window is silence": both thresholds as in openai/whisper.
-NO_SPEECH_THRESHOLD = 0.6
-LOG_PROB_THRESHOLD = -1.0
 
 
 class EngineState(enum.StrEnum):
@@ -42,11 +41,29 @@ class EngineNotReady(Exception):
     """The model is not loaded (yet, or it failed to load)."""
 
 
+# Whisper's temperature schedule: 0 first, then higher when a window fails its checks.
+FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
+
+
 @dataclass(frozen=True)
 class TranscribeOptions:
     language: str | None = None
     task: Literal["transcribe", "translate"] = "transcribe"
     word_timestamps: bool = False
+    prompt: str | None = None
+    # 0 means "start at 0 and fall back to higher temperatures" (OpenAI's documented meaning);
+    # above 0, that one temperature is used.
+    temperature: float = 0.0
+    # Smaller batches give the first segments sooner (streaming); None means BATCH_SIZE.
+    batch_size: int | None = None
+
+
+@dataclass
+class Word:
+    start: float
+    end: float
+    word: str
+    probability: float = 1.0
 
 
 @dataclass
@@ -54,9 +71,14 @@ class Segment:
     start: float
     end: float
     text: str
+    id: int = 0
+    seek: int = 0
+    tokens: list[int] = field(default_factory=list)
+    temperature: float = 0.0
     avg_logprob: float = 0.0
-    no_speech_prob: float = 0.0
     compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+    words: list[Word] | None = None
 
 
 @dataclass
@@ -65,6 +87,7 @@ class Transcript:
     language: str
     duration: float
     language_probability: float = 1.0
+    task: str = "transcribe"
 
     @property
     def text(self) -> str:
@@ -194,19 +217,72 @@ class Engine:
             self._decoder, lambda: decode_audio(data, max_duration_s=limit)
         )
 
+    def check_language(self, language: str | None) -> None:
+        """Raise `ValueError` if this model can't take `language` (e.g. `fr` on `tiny.en`)."""
+        if language and language != "en" and self._model and not self.multilingual:
+            raise ValueError(f"the model {self.settings.model_id} is English-only")
+
     async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
-        if not self.ready:
-            raise EngineNotReady(self.error or "the model is still loading")
+        """The whole transcript, once every window is decoded."""
+        self._check_ready()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker, self._transcribe_sync, samples, options)
 
-    def _transcribe_sync(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
+    async def stream(
+        self, samples: np.ndarray, options: TranscribeOptions
+    ) -> AsyncIterator[Segment | Transcript]:
+        """Segments as soon as they are decoded, then the whole `Transcript`.
+
+        Closing the iterator early (a client that went away) stops the work at the next window.
+        """
+        self._check_ready()
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Segment | Transcript | BaseException] = asyncio.Queue()
+        stop = threading.Event()
+
+        def on_segment(segment: Segment) -> None:
+            if stop.is_set():
+                raise _Stopped
+            loop.call_soon_threadsafe(queue.put_nowait, segment)
+
+        def work() -> None:
+            try:
+                result: Segment | Transcript | BaseException = self._transcribe_sync(
+                    samples, options, on_segment
+                )
+            except _Stopped:
+                return
+            except BaseException as exc:  # handed to the awaiting request, not lost
+                result = exc
+            loop.call_soon_threadsafe(queue.put_nowait, result)
+
+        future = loop.run_in_executor(self._worker, work)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+                if isinstance(item, Transcript):
+                    break
+        finally:
+            stop.set()
+            future.cancel()  # if it hasn't started yet
+
+    def _check_ready(self) -> None:
+        if not self.ready:
+            raise EngineNotReady(self.error or "the model is still loading")
+
+    def _transcribe_sync(
+        self,
+        samples: np.ndarray,
+        options: TranscribeOptions,
+        on_segment: Callable[[Segment], None] | None = None,
+    ) -> Transcript:
         assert self._model is not None and self._pipeline is not None
         settings = self.settings
         duration = len(samples) / SAMPLE_RATE
-        language = options.language
-        if not self._model.model.is_multilingual:
-            language = "en"
+        language = options.language if self.multilingual else "en"
         windows = None
         if not settings.vad_filter:  # fixed windows instead of windows cut at pauses
             step = settings.chunk_length_s
@@ -215,12 +291,14 @@ class Engine:
                 for start in range(0, max(1, int(np.ceil(duration))), step)
                 if start < duration
             ]
-        segments, info = self._pipeline.transcribe(
+        generated, info = self._pipeline.transcribe(
             samples,
             language=language,
             task=options.task,
-            batch_size=settings.batch_size,
+            batch_size=options.batch_size or settings.batch_size,
             beam_size=settings.beam_size,
+            temperature=options.temperature,
+            initial_prompt=options.prompt or None,
             # Decoding with timestamps keeps Whisper from ending windows early, and gives
             # sentence-level chunks instead of one chunk per 30 s window.
             without_timestamps=False,
@@ -230,40 +308,136 @@ class Engine:
             chunk_length=settings.chunk_length_s,
             log_progress=False,
         )
-        kept = [
-            Segment(
-                start=float(s.start),
-                end=float(s.end),
-                text=s.text,
-                avg_logprob=float(s.avg_logprob),
-                no_speech_prob=float(s.no_speech_prob),
-                compression_ratio=float(s.compression_ratio),
-            )
-            for s in segments
-            if s.text.strip() and not _is_silence(s.no_speech_prob, s.avg_logprob)
-        ]
+        language = info.language or language or "en"
+        kept: list[Segment] = []
+        clock = _Clock(duration)
+        for window in _by_window(generated):
+            for segment in self._checked(samples, window, options, language):
+                if not segment.text.strip():
+                    continue
+                segment.id = len(kept)
+                clock.place(segment)
+                kept.append(segment)
+                if on_segment:
+                    on_segment(segment)
         return Transcript(
-            segments=monotonic(kept, duration),
-            language=info.language or (language or "en"),
+            segments=kept,
+            language=language,
             duration=duration,
             language_probability=float(info.language_probability or 0.0),
+            task=options.task,
         )
+
+    def _checked(
+        self,
+        samples: np.ndarray,
+        window: list[Any],
+        options: TranscribeOptions,
+        language: str,
+    ) -> list[Segment]:
+        """One window's segments, after Whisper's own quality checks.
+
+        Silence (high no-speech probability and low log-prob) is dropped. A window that looks
+        like a decoding failure (repetitive text or low log-prob) is decoded again with the
+        temperature fallback, as the sequential pipeline does and the batched one doesn't.
+        """
+        settings = self.settings
+        segments = [_segment(s) for s in window]
+        first = segments[0]
+        if _is_silence(first, settings):
+            return []
+        text = "".join(s.text for s in segments)
+        failed = (
+            first.avg_logprob < settings.log_prob_threshold
+            or get_compression_ratio(text) > settings.compression_ratio_threshold
+        )
+        if not failed or options.temperature > 0:
+            return segments
+        start = max(0.0, min(s.start for s in segments) - 0.2)
+        end = min(len(samples) / SAMPLE_RATE, max(s.end for s in segments) + 0.2)
+        redone, _ = self._model.transcribe(
+            samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)],
+            language=language,
+            task=options.task,
+            beam_size=settings.beam_size,
+            temperature=FALLBACK_TEMPERATURES,
+            compression_ratio_threshold=settings.compression_ratio_threshold,
+            log_prob_threshold=settings.log_prob_threshold,
+            no_speech_threshold=settings.no_speech_threshold,
+            initial_prompt=options.prompt or None,
+            word_timestamps=options.word_timestamps,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
+        replacement = [_segment(s, offset=start, seek_offset=first.seek) for s in redone]
+        log.debug("window at %.1f s re-decoded with temperature fallback", start)
+        return [s for s in replacement if not _is_silence(s, settings)]
 
     def close(self) -> None:
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
 
-def _is_silence(no_speech_prob: float, avg_logprob: float) -> bool:
-    return no_speech_prob > NO_SPEECH_THRESHOLD and avg_logprob < LOG_PROB_THRESHOLD
+class _Stopped(Exception):
+    """The streaming consumer went away."""
 
 
-def monotonic(segments: list[Segment], duration: float) -> list[Segment]:
-    """Clamp timestamps into [0, duration] and make them non-decreasing, in order."""
-    previous_end = 0.0
-    for segment in segments:
-        start = min(max(segment.start, previous_end), duration)
-        end = min(max(segment.end, start), duration)
-        segment.start, segment.end = round(start, 3), round(end, 3)
-        previous_end = segment.end
-    return segments
+def _by_window(generated: Iterable[Any]) -> Iterator[list[Any]]:
+    """Group the pipeline's segments by the window (`seek`) they were decoded in."""
+    window: list[Any] = []
+    for segment in generated:
+        if window and segment.seek != window[0].seek:
+            yield window
+            window = []
+        window.append(segment)
+    if window:
+        yield window
+
+
+def _segment(raw: Any, offset: float = 0.0, seek_offset: int = 0) -> Segment:
+    words = None
+    if raw.words is not None:
+        words = [
+            Word(w.start + offset, w.end + offset, w.word, float(w.probability)) for w in raw.words
+        ]
+    return Segment(
+        start=float(raw.start) + offset,
+        end=float(raw.end) + offset,
+        text=raw.text,
+        seek=int(raw.seek) + seek_offset,
+        tokens=list(raw.tokens),
+        temperature=float(raw.temperature or 0.0),
+        avg_logprob=float(raw.avg_logprob),
+        compression_ratio=float(raw.compression_ratio),
+        no_speech_prob=float(raw.no_speech_prob),
+        words=words,
+    )
+
+
+def _is_silence(segment: Segment, settings: Settings) -> bool:
+    """Whisper's rule: likely no speech, and not confidently decoded text either."""
+    return (
+        segment.no_speech_prob > settings.no_speech_threshold
+        and segment.avg_logprob < settings.log_prob_threshold
+    )
+
+
+class _Clock:
+    """Keeps timestamps inside [0, duration] and non-decreasing, segment after segment."""
+
+    def __init__(self, duration: float):
+        self.duration, self.previous_end = duration, 0.0
+
+    def clamp(self, value: float, low: float) -> float:
+        return round(min(max(value, low), self.duration), 3)
+
+    def place(self, segment: Segment) -> None:
+        segment.start = self.clamp(segment.start, self.previous_end)
+        segment.end = self.clamp(segment.end, segment.start)
+        if segment.words:
+            low = segment.start
+            for word in segment.words:
+                word.start = self.clamp(word.start, low)
+                word.end = self.clamp(min(word.end, segment.end), word.start)
+                low = word.end
+        self.previous_end = segment.end

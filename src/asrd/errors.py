@@ -1,4 +1,6 @@
-"""Errors as JSON: `{"error": {"code": ..., "message": ...}}`, with the right status, always.
+"""Errors as JSON with the right status, always, in the shape each API's clients expect:
+`{"error": {"code", "message"}}` on asrd's own routes, OpenAI's
+`{"error": {"message", "type", "param", "code"}}` under `/v1/`.
 
 Routes raise `ApiError`; the handlers here turn it, FastAPI's validation errors, Starlette's
 HTTP errors and any unexpected exception into that shape. An unexpected exception is logged
@@ -24,19 +26,36 @@ class ApiError(Exception):
         code: str,
         message: str,
         headers: dict[str, str] | None = None,
+        param: str | None = None,
     ):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.param = param
 
 
 def error_body(code: str, message: str) -> dict:
     return {"error": {"code": code, "message": message}}
 
 
+def openai_error_body(status: int, code: str, message: str, param: str | None = None) -> dict:
+    kind = "server_error" if status >= 500 else "invalid_request_error"
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: dict[str, str] | None = None,
+    *,
+    request: Request | None = None,
+    param: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    if request is not None and request.url.path.startswith("/v1/"):
+        body = openai_error_body(status, code, message, param)
+    else:
+        body = error_body(code, message)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 _HTTP_CODES = {
@@ -55,22 +74,31 @@ _HTTP_CODES = {
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(
+            exc.status, exc.code, exc.message, exc.headers, request=request, param=exc.param
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
+        problems, params = [], []
         for error in exc.errors():
-            where = ".".join(str(part) for part in error.get("loc", ()) if part != "body")
+            location = [str(part) for part in error.get("loc", ()) if part not in ("body", "query")]
+            where = ".".join(location)
+            params.append(where)
             problems.append(f"{where}: {error.get('msg')}" if where else str(error.get("msg")))
-        return error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
+        # OpenAI answers a malformed request with 400; asrd's own routes keep FastAPI's 422.
+        status = 400 if request.url.path.startswith("/v1/") else 422
+        message = "; ".join(problems) or "invalid request"
+        return error_response(
+            status, "invalid_request", message, request=request, param=params[0] if params else None
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "http_error")
-        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers, request=request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal_error", "internal server error")
+        return error_response(500, "internal_error", "internal server error", request=request)

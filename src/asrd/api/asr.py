@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from ..audio import AudioError, AudioTooLong
-from ..engine import Engine, EngineNotReady, TranscribeOptions
+from ..engine import EngineNotReady, TranscribeOptions
 from ..errors import ApiError
 from ..inputs import load_source
+from .common import decode, parse_language, ready_engine
 
 router = APIRouter(tags=["seed API"])
 
@@ -53,7 +54,7 @@ class ErrorResponse(BaseModel):
 _ERRORS = {
     status: {"model": ErrorResponse, "description": text}
     for status, text in {
-        400: "Undecodable or empty audio, or a malformed URL",
+        400: "Undecodable or empty audio, a malformed URL, or an unknown language",
         403: "A server path outside LOCAL_FILE_DIRS",
         413: "Audio over MAX_UPLOAD_MB or MAX_AUDIO_S",
         415: "Unsupported Content-Type",
@@ -91,32 +92,46 @@ _REQUEST_BODY = {
     summary="Transcribe audio: raw bytes, a URL or server path as JSON, or a multipart form",
     openapi_extra={"requestBody": _REQUEST_BODY},
 )
-async def asr(request: Request) -> JSONResponse:
+async def asr(
+    request: Request,
+    language: str | None = Query(
+        None, description="Language of the speech (ISO 639-1, e.g. `fr`); detected if absent"
+    ),
+    task: Literal["transcribe", "translate"] = Query(
+        "transcribe", description="`translate` gives English text from any language"
+    ),
+    word_timestamps: bool = Query(
+        False, description='One chunk per word, as the seed\'s `return_timestamps="word"`'
+    ),
+) -> JSONResponse:
     started = time.perf_counter()
-    engine: Engine = request.app.state.engine
-    if not engine.ready:
-        raise ApiError(
-            503, "model_not_ready", "the model is not loaded yet", headers={"Retry-After": "5"}
-        )
+    engine = ready_engine(request)
+    options = TranscribeOptions(
+        language=parse_language(engine, language), task=task, word_timestamps=word_timestamps
+    )
     data = await read_audio_input(request)
+    samples = await decode(engine, data)
+    del data
     try:
-        samples = await engine.decode(data)
-        del data
-        transcript = await engine.transcribe(samples, TranscribeOptions())
-    except AudioError as exc:
-        raise ApiError(400, "invalid_audio", str(exc)) from None
-    except AudioTooLong as exc:
-        raise ApiError(413, "audio_too_long", str(exc)) from None
+        transcript = await engine.transcribe(samples, options)
     except EngineNotReady as exc:
         raise ApiError(503, "model_not_ready", str(exc), {"Retry-After": "5"}) from None
 
     elapsed = time.perf_counter() - started
-    body = AsrResponse(
-        text=transcript.text,
-        chunks=[
+    if word_timestamps:
+        chunks = [
+            Chunk(timestamp=(word.start, word.end), text=word.word.strip())
+            for segment in transcript.segments
+            for word in segment.words or ()
+        ]
+    else:
+        chunks = [
             Chunk(timestamp=(segment.start, segment.end), text=segment.text.strip())
             for segment in transcript.segments
-        ],
+        ]
+    body = AsrResponse(
+        text=transcript.text,
+        chunks=chunks,
         language=transcript.language,
         duration=round(transcript.duration, 3),
     )
