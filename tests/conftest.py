@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 
 DATA = Path(__file__).parent / "data"
+# Models assembled from the `offline` packages (multilingual base) go here, once per machine.
+CACHE_DIR = Path(os.environ.get("ASRD_TEST_CACHE_DIR", "/tmp/asrd-test-cache"))
 SAMPLE_RATE = 16_000
 
 
@@ -135,6 +137,7 @@ class AsrdServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         full_env = {**os.environ, "MODEL_ID": "tiny.en", "CPU_THREADS": "2", **env}
+        full_env.setdefault("CACHE_DIR", str(CACHE_DIR))
         full_env["PORT"] = str(self.port)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
@@ -200,6 +203,18 @@ def server(allowed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     log_path = tmp_path_factory.mktemp("logs") / "asrd.log"
     env = {**SERVER_ENV, "LOCAL_FILE_DIRS": str(allowed_dir)}
     instance = AsrdServer(env, log_path)
+    try:
+        instance.wait_ready()
+        yield instance
+    finally:
+        instance.stop()
+
+
+@pytest.fixture(scope="session")
+def base_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsrdServer]:
+    """The multilingual `base` model, for languages and translation."""
+    log_path = tmp_path_factory.mktemp("logs-base") / "asrd.log"
+    instance = AsrdServer({**SERVER_ENV, "MODEL_ID": "base"}, log_path)
     try:
         instance.wait_ready()
         yield instance

@@ -319,3 +319,35 @@ def test_openapi_documents_every_endpoint(client: httpx.Client) -> None:
     assert {"200", "400", "403", "413", "502", "504"} <= set(asr["responses"])
     assert "/hc" in schema["paths"]
     assert client.get("/docs").status_code == 200
+
+
+# --- query parameters: language, task, word_timestamps ----------------------------------------
+
+
+def test_word_timestamps_give_one_chunk_per_word(client: httpx.Client) -> None:
+    response = client.post("/asr?word_timestamps=true", content=JFK.read())
+    body = response.json()
+    assert response.status_code == 200
+    words = [chunk["text"].strip(",.").lower() for chunk in body["chunks"]]
+    assert words[:4] == ["and", "so", "my", "fellow"] and len(words) >= 20
+    assert_monotonic(body["chunks"], body["duration"])
+    assert wer(JFK.transcript, body["text"]) <= 0.15
+
+
+def test_bad_query_parameters(client: httpx.Client) -> None:
+    assert_error(client.post("/asr?language=fr", content=JFK.read()), 400, "invalid_language")
+    assert_error(client.post("/asr?language=zz", content=JFK.read()), 400, "invalid_language")
+    assert_error(client.post("/asr?task=summarise", content=JFK.read()), 422)
+    assert_transcribes(client.post("/asr?language=en", content=JFK.read()), JFK)
+
+
+def test_language_and_translation_on_a_multilingual_model(base_server: AsrdServer) -> None:
+    french = CLIPS["fr_picovoice_test_fr.wav"]
+    with httpx.Client(base_url=base_server.url, timeout=120) as http:
+        detected = http.post("/asr", content=french.read()).json()
+        assert detected["language"] == "fr"
+        assert wer(french.transcript, detected["text"]) <= 0.4
+        translated = http.post("/asr?task=translate&language=fr", content=french.read()).json()
+    words = set(translated["text"].lower().replace(",", " ").replace(".", " ").split())
+    assert words & {"the", "of", "and", "in", "is", "was", "a", "it"}, translated["text"]
+    assert set(set(detected["text"].lower().split())) - words, "translation equals transcript"

@@ -22,13 +22,13 @@ from conftest import CLIPS
 def test_loading_then_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real model and warm-up, held back by a gate so the loading state can be observed.
     gate = threading.Event()
-    real_load = Engine._load_sync
+    real_load = Engine.load_sync
 
     def gated_load(self: Engine) -> None:
         gate.wait(30)
         real_load(self)
 
-    monkeypatch.setattr(Engine, "_load_sync", gated_load)
+    monkeypatch.setattr(Engine, "load_sync", gated_load)
     monkeypatch.setenv("MODEL_ID", "tiny.en")
     app = create_app(load_settings())
     with TestClient(app) as client:

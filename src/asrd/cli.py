@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+from pathlib import Path
 
 from .config import ConfigError, Settings, load_settings
 
@@ -15,8 +17,41 @@ def main(argv: list[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="start the HTTP server (configured by env vars)")
     serve.add_argument("--host", help="overrides HOST")
     serve.add_argument("--port", type=int, help="overrides PORT")
+    transcribe = commands.add_parser(
+        "transcribe",
+        help="transcribe files, through a running asrd (--server) or in this process",
+        description="Writes NAME.EXT beside each input (or into -o DIR): .json, .txt, .srt, "
+        ".vtt or .verbose.json. Without --server, the model comes from the environment "
+        "(MODEL_ID, DEVICE, ...), as for `asrd serve`.",
+    )
+    transcribe.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    transcribe.add_argument("--server", metavar="URL", help="a running asrd, e.g. http://host:8000")
+    transcribe.add_argument(
+        "--format", default="text", choices=["json", "text", "srt", "vtt", "verbose_json"]
+    )
+    transcribe.add_argument("--language", help="language of the speech (ISO 639-1); else detected")
+    transcribe.add_argument("--translate", action="store_true", help="output English text")
+    transcribe.add_argument("-o", "--output-dir", type=Path, metavar="DIR")
+    transcribe.add_argument(
+        "--api-key", default=os.environ.get("ASRD_API_KEY"), help="(default: $ASRD_API_KEY)"
+    )
     commands.add_parser("env-table", help="print the table of environment variables (Markdown)")
     args = parser.parse_args(argv)
+
+    if args.command == "transcribe":
+        from .client import run
+
+        sys.exit(
+            run(
+                args.files,
+                server=args.server,
+                fmt=args.format,
+                language=args.language,
+                translate=args.translate,
+                out_dir=args.output_dir,
+                api_key=args.api_key,
+            )
+        )
 
     if args.command == "env-table":
         from .docs import env_table

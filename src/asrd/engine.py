@@ -147,14 +147,13 @@ class Engine:
         """Resolve, load and warm up the model off the event loop; never raises."""
         loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self._worker, self._load_sync)
+            await loop.run_in_executor(self._worker, self.load_sync)
         except Exception as exc:
             self.state, self.error = EngineState.FAILED, str(exc)
             log.error("model %s failed to load: %s", self.settings.model_id, exc)
-        else:
-            self.state = EngineState.READY
 
-    def _load_sync(self) -> None:
+    def load_sync(self) -> None:
+        """Load and warm up the model on this thread (the CLI's in-process mode uses it)."""
         started = time.perf_counter()
         settings = self.settings
         for note in self._settings_notes():
@@ -186,6 +185,7 @@ class Engine:
             model = WhisperModel(str(self.model_path), **kwargs)
         self._model, self._pipeline = model, BatchedInferencePipeline(model)
         self._warm_up()
+        self.state = EngineState.READY
         log.info("model ready in %.1f s", time.perf_counter() - started)
 
     def _settings_notes(self) -> list[str]:
@@ -201,7 +201,7 @@ class Engine:
         clip = resources.files("asrd").joinpath("assets/warmup.flac").read_bytes()
         samples = decode_audio(clip)
         started = time.perf_counter()
-        result = self._transcribe_sync(samples, TranscribeOptions())
+        result = self.transcribe_sync(samples, TranscribeOptions())
         log.info(
             "warm-up: %.1f s of audio in %.2f s, %d words",
             result.duration,
@@ -226,7 +226,7 @@ class Engine:
         """The whole transcript, once every window is decoded."""
         self._check_ready()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self._transcribe_sync, samples, options)
+        return await loop.run_in_executor(self._worker, self.transcribe_sync, samples, options)
 
     async def stream(
         self, samples: np.ndarray, options: TranscribeOptions
@@ -247,7 +247,7 @@ class Engine:
 
         def work() -> None:
             try:
-                result: Segment | Transcript | BaseException = self._transcribe_sync(
+                result: Segment | Transcript | BaseException = self.transcribe_sync(
                     samples, options, on_segment
                 )
             except _Stopped:
@@ -273,12 +273,13 @@ class Engine:
         if not self.ready:
             raise EngineNotReady(self.error or "the model is still loading")
 
-    def _transcribe_sync(
+    def transcribe_sync(
         self,
         samples: np.ndarray,
         options: TranscribeOptions,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
+        """Transcribe on this thread, calling `on_segment` with each segment as it is ready."""
         assert self._model is not None and self._pipeline is not None
         settings = self.settings
         duration = len(samples) / SAMPLE_RATE

@@ -78,7 +78,10 @@ def to_verbose_json(
     """OpenAI's `verbose_json`: `segments` is null when only words were asked for."""
     body: dict = {
         "task": transcript.task,
-        "language": language_name(transcript.language),
+        # OpenAI reports the output's language: always English for a translation.
+        "language": "english"
+        if transcript.task == "translate"
+        else language_name(transcript.language),
         "duration": round(transcript.duration, 3),
         "text": transcript.text,
         "segments": [segment_json(s) for s in transcript.segments] if with_segments else None,
