@@ -185,6 +185,20 @@ def test_quiet_noise_gives_empty_text(client: httpx.Client) -> None:
     assert response.json()["text"] == ""
 
 
+def test_music_gives_empty_text(client: httpx.Client) -> None:
+    # Synthetic music: decaying harmonic notes, a second each, no voice.
+    t = np.arange(12 * SAMPLE_RATE) / SAMPLE_RATE
+    music = np.zeros_like(t)
+    for i, freq in enumerate([261.6, 329.6, 392.0, 523.3, 440.0, 349.2] * 2):
+        note = (t >= i) & (t < i + 1)
+        for harmonic in (1, 2, 3):
+            music[note] += 0.15 / harmonic * np.sin(2 * np.pi * freq * harmonic * t[note])
+    music *= np.exp(-(t % 1) * 1.5)
+    response = client.post("/asr", content=encode(music.astype(np.float32), "wav"))
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == ""
+
+
 # --- errors ---------------------------------------------------------------------------------
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -332,22 +331,36 @@ def test_silence_gives_empty_text(oai: openai.OpenAI) -> None:
     assert result.text == "" and result.segments == []
 
 
-# --- temperature fallback ---------------------------------------------------------------------
+# --- server-wide defaults: thresholds and subtitle caps ---------------------------------------
 
 
-def test_failed_windows_are_redecoded_with_temperature_fallback(tmp_path: Path) -> None:
-    # With an impossible compression threshold every window "fails" its check, so every one
-    # must be decoded again at a higher temperature, and still come out right.
-    env = {**SERVER_ENV, "COMPRESSION_RATIO_THRESHOLD": "0.01"}
-    server = AsrdServer(env, tmp_path / "asrd.log")
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
+    # An impossible compression threshold makes every window "fail" its check, so every one
+    # must be decoded again at a higher temperature. SEGMENT_MAX_CHARS caps every segment.
+    env = {**SERVER_ENV, "COMPRESSION_RATIO_THRESHOLD": "0.01", "SEGMENT_MAX_CHARS": "30"}
+    server = AsrdServer(env, tmp_path_factory.mktemp("tuned") / "asrd.log")
     try:
         server.wait_ready()
         with make_client(server) as client:
-            result = client.audio.transcriptions.create(
-                model="whisper-1", file=upload(JFK), response_format="verbose_json"
-            )
+            yield client
     finally:
         server.stop()
+
+
+def test_failed_windows_are_redecoded_with_temperature_fallback(tuned: openai.OpenAI) -> None:
+    result = tuned.audio.transcriptions.create(
+        model="whisper-1", file=upload(JFK), response_format="verbose_json"
+    )
     assert result.segments
     assert all(segment.temperature >= 0.2 for segment in result.segments)
     assert wer(JFK.transcript, result.text) <= 0.3
+
+
+def test_segment_cap_from_the_environment(tuned: openai.OpenAI) -> None:
+    body = tuned.audio.transcriptions.create(
+        model="whisper-1", file=upload(LS), response_format="srt"
+    )
+    cues = list(srt.parse(body))
+    assert len(cues) >= 5
+    assert all(len(cue.content) <= 30 or " " not in cue.content for cue in cues)
