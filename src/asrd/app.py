@@ -37,7 +37,7 @@ def create_app(
         app.state.engine = engine
 
         async def load() -> None:
-            await engine.load()
+            await engine.start()
             if engine.state is EngineState.FAILED and on_load_failure:
                 on_load_failure(engine.error or "unknown error")
 

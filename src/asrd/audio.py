@@ -88,3 +88,21 @@ def _describe(exc: Exception) -> str:
 
 def duration_s(samples: np.ndarray) -> float:
     return len(samples) / SAMPLE_RATE
+
+
+def probe_audio(data: bytes) -> None:
+    """Raise `AudioError` unless `data` opens as a container with an audio stream whose
+    first frames decode. Cheap: it reads only the start of the input."""
+    if not data:
+        raise AudioError("the audio is empty (0 bytes)")
+    try:
+        with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+            if not container.streams.audio:
+                raise AudioError("no audio stream found in the input")
+            for _ in _frames(container, container.streams.audio[0]):
+                return
+    except AudioError:
+        raise
+    except Exception as exc:
+        raise AudioError(f"could not decode the audio: {_describe(exc)}") from None
+    raise AudioError("the input holds no audio samples")

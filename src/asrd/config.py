@@ -6,6 +6,7 @@ The README's table of variables is generated from this class (``asrd env-table``
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Annotated, Literal
@@ -13,6 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+MODEL_SIZES = ("tiny", "base", "small", "medium", "large")
 COMPUTE_TYPES = (
     "auto",
     "default",
@@ -219,9 +221,122 @@ class Settings(BaseSettings):
         300, gt=0, description="Longest time a whole audio URL download may take."
     )
 
-    # --- Logging -----------------------------------------------------------------------------
+    allow_private_urls: bool = Field(
+        False,
+        description=(
+            "Allow audio URLs and task callbacks that point at loopback, private, link-local "
+            "or other non-public addresses (off: such URLs are refused with 403)."
+        ),
+    )
+
+    # --- Model lifecycle (the second seed's variables) ----------------------------------------
+    load_model_on_startup: bool = Field(
+        True,
+        description=(
+            "Load the model at start-up (`/hc` is 503 until it is ready); off: load it on the "
+            "first request."
+        ),
+    )
+    unload_model_after_s: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Unload the model after this many idle seconds, freeing its memory; the next "
+            "request loads it again. 0: unload as soon as the work is done. Unset: never."
+        ),
+    )
+    use_gpu_if_available: bool = Field(
+        True, description="Off: stay on the CPU even if a GPU is usable (with `DEVICE=auto`)."
+    )
+    max_model: str | None = Field(
+        None,
+        description=(
+            "Largest model size to load (`tiny`, `base`, `small`, `medium`, `large`): a larger "
+            "MODEL_ID is replaced by this one."
+        ),
+    )
+    cpu_fallback_model: str | None = Field(
+        None,
+        description=(
+            "Model to use when running on the CPU (no GPU, `USE_GPU_IF_AVAILABLE=0`, or the GPU "
+            "failed to load the model); unset: MODEL_ID."
+        ),
+    )
+    develop_mode: bool = Field(
+        False,
+        description="Use the smallest model (`tiny.en`, offline from `asrd[offline]`), whatever "
+        "MODEL_ID says.",
+    )
+
+    # --- Task queue (`/api/v1/...`) ------------------------------------------------------------
+    max_task_queue_size: int = Field(
+        128,
+        ge=1,
+        description="Tasks that may wait in the queue; beyond it, submissions get 429 at once.",
+    )
+    max_queue_mb: float = Field(
+        1024,
+        gt=0,
+        description=(
+            "Total size of the uploads waiting in the queue (kept in memory, never on disk); "
+            "beyond it, submissions get 429 at once."
+        ),
+    )
+    delete_results_after_m: float = Field(
+        60, gt=0, description="Minutes a finished or failed task's result is kept."
+    )
+    refresh_expiration_time_on_usage: bool = Field(
+        True, description="Reading a result restarts its DELETE_RESULTS_AFTER_M countdown."
+    )
+    run_result_expiry_check_m: float = Field(
+        5,
+        ge=0,
+        description=(
+            "Minutes between sweeps that delete expired results. 0: no sweeper, results "
+            "expire when they are next looked up (never readable after their time either way)."
+        ),
+    )
+
+    # --- Logging and admin ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Log level."
+    )
+    log_privacy_mode: bool = Field(
+        True,
+        description="Shorten task ids in logs (`3f2a…9c1d`). Transcripts are never logged.",
+    )
+    log_dir: Path | None = Field(
+        None, description="Directory for log files (created if missing); unset: console only."
+    )
+    log_file: str = Field("asrd.log", description="Log file name inside LOG_DIR.")
+    log_format: str = Field(
+        "{asctime} {levelname} {name}: {message}",
+        description="Log line format, `{`-style (Python logging attribute names).",
+    )
+    log_date_format: str = Field(
+        "%Y-%m-%d %H:%M:%S", description="`strftime` format of `{asctime}`."
+    )
+    log_rotation_when: Literal[
+        "S", "M", "H", "D", "MIDNIGHT", "W0", "W1", "W2", "W3", "W4", "W5", "W6"
+    ] = Field(
+        "H", description="Timed rotation unit of the log file (Python's TimedRotatingFileHandler)."
+    )
+    log_rotation_interval: int = Field(2, ge=1, description="Rotate every this many units.")
+    log_rotation_backup_count: int = Field(48, ge=0, description="Rotated log files to keep.")
+    admin_api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated keys that may download the logs (`GET /api/v1/logs`), "
+        "sent as `Authorization: Bearer KEY` or `X-API-Key: KEY`.",
+    )
+    authorized_mails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="E-mail addresses (comma- or space-separated) that may download the logs, "
+        "as sent in `X-Email` by an authenticating proxy listed in TRUSTED_PROXIES.",
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated IPs or CIDR ranges of reverse proxies whose `X-Email` header "
+        "is believed. The check is on the TCP peer address, so no header can fake it.",
     )
 
     @field_validator("log_level", mode="before")
@@ -238,10 +353,36 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be one of {', '.join(COMPUTE_TYPES)}")
         return value
 
-    @field_validator("local_file_dirs", mode="before")
+    @field_validator("local_file_dirs", "admin_api_keys", "trusted_proxies", mode="before")
     @classmethod
-    def _split_dirs(cls, value: object) -> object:
+    def _split_lists(cls, value: object) -> object:
         return _split_csv(value)
+
+    @field_validator("authorized_mails", mode="before")
+    @classmethod
+    def _split_mails(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [mail.lower() for mail in value.replace(",", " ").split()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_networks(cls, value: list[str]) -> list[str]:
+        for item in value:
+            ipaddress.ip_network(item, strict=False)  # ValueError names the bad entry
+        return value
+
+    @field_validator("max_model")
+    @classmethod
+    def _check_size(cls, value: str | None) -> str | None:
+        if value is not None and value.strip().lower() not in MODEL_SIZES:
+            raise ValueError(f"must be one of {', '.join(MODEL_SIZES)}")
+        return value.strip().lower() if value else None
+
+    @field_validator("log_rotation_when", mode="before")
+    @classmethod
+    def _upper_when(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @field_validator("local_file_dirs")
     @classmethod

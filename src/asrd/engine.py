@@ -8,7 +8,9 @@ instead of blocking HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import gc
 import logging
 import threading
 import time
@@ -24,14 +26,15 @@ import numpy as np
 from faster_whisper import BatchedInferencePipeline, WhisperModel
 from faster_whisper.transcribe import get_compression_ratio
 
-from .audio import SAMPLE_RATE, decode_audio
+from .audio import SAMPLE_RATE, decode_audio, probe_audio
 from .config import Settings
-from .models import resolve_model
+from .models import canonical_name, choose_model_id, resolve_model
 
 log = logging.getLogger(__name__)
 
 
 class EngineState(enum.StrEnum):
+    UNLOADED = "unloaded"  # not loaded (yet, or again): loads on the next request
     LOADING = "loading"
     READY = "ready"
     FAILED = "failed"
@@ -103,13 +106,13 @@ class DeviceChoice:
 
 
 def choose_device(settings: Settings) -> DeviceChoice:
-    """Apply `DEVICE`, `COMPUTE_TYPE` and `FLASH_ATTENTION_2` to what this machine has."""
+    """Apply `DEVICE`, `USE_GPU_IF_AVAILABLE`, `COMPUTE_TYPE` and `FLASH_ATTENTION_2`."""
     has_cuda = ctranslate2.get_cuda_device_count() > 0
     notes = []
     if settings.device == "cuda" and not has_cuda:
         raise RuntimeError("DEVICE=cuda but no usable CUDA device was found")
-    use_cuda = settings.device == "cuda" or (settings.device == "auto" and has_cuda)
-    device = "cuda" if use_cuda else "cpu"
+    auto_gpu = settings.device == "auto" and has_cuda and settings.use_gpu_if_available
+    device = "cuda" if settings.device == "cuda" or auto_gpu else "cpu"
     compute_type = settings.compute_type
     if compute_type == "auto":
         compute_type = "float16" if device == "cuda" else "int8"
@@ -120,73 +123,170 @@ def choose_device(settings: Settings) -> DeviceChoice:
 
 
 class Engine:
-    """Loads the model in the background and runs transcriptions one batch at a time."""
+    """One Whisper model on one inference thread, loaded at start-up or on demand, and
+    unloaded after `UNLOAD_MODEL_AFTER_S` idle seconds (timer based: no polling)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.state = EngineState.LOADING
+        self.state = EngineState.UNLOADED
         self.error: str | None = None
-        self.device: DeviceChoice | None = None
+        self.loaded_once = False
+        self.device = choose_device(settings)
+        self.model_id = self._model_for(self.device)
         self.model_path: Path | None = None
         self._model: WhisperModel | None = None
         self._pipeline: BatchedInferencePipeline | None = None
+        self._multilingual: bool | None = None
         # One inference worker: CTranslate2 already spreads one job over CPU_THREADS cores.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-engine")
         # Decoding is separate so a request can be decoded while another is transcribed.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asrd-decode")
+        self._load_lock: asyncio.Lock | None = None
+        self._active_jobs = 0
+        self._unload_timer: asyncio.TimerHandle | None = None
+
+    def _model_for(self, device: DeviceChoice) -> str:
+        settings = self.settings
+        return choose_model_id(
+            settings.model_id,
+            on_cpu=device.device == "cpu",
+            cpu_fallback_model=settings.cpu_fallback_model,
+            max_model=settings.max_model,
+            develop_mode=settings.develop_mode,
+        )
 
     @property
     def ready(self) -> bool:
         return self.state is EngineState.READY
 
     @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    @property
+    def accepting(self) -> bool:
+        """Requests are taken: the model is loaded, or will be loaded on demand."""
+        if self.state is EngineState.FAILED:
+            return False
+        return self.state is not EngineState.LOADING or self.loaded_once
+
+    @property
+    def busy(self) -> bool:
+        return self._active_jobs > 0
+
+    @property
     def multilingual(self) -> bool:
-        return bool(self._model and self._model.model.is_multilingual)
+        if self._multilingual is None:  # not loaded yet: English-only models are named *.en
+            return not canonical_name(self.model_id).lower().endswith(".en")
+        return self._multilingual
+
+    async def start(self) -> None:
+        """At start-up: load now (LOAD_MODEL_ON_STARTUP) or leave it for the first request."""
+        for note in self._settings_notes() + self.device.notes:
+            log.warning(note)
+        if self.settings.load_model_on_startup:
+            await self.load()
+            self._schedule_unload()
 
     async def load(self) -> None:
         """Resolve, load and warm up the model off the event loop; never raises."""
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._worker, self.load_sync)
-        except Exception as exc:
-            self.state, self.error = EngineState.FAILED, str(exc)
-            log.error("model %s failed to load: %s", self.settings.model_id, exc)
+        if self._load_lock is None:
+            self._load_lock = asyncio.Lock()
+        async with self._load_lock:
+            if self.loaded or self.state is EngineState.FAILED:
+                return
+            self.state = EngineState.LOADING
+            loop = asyncio.get_running_loop()
+            try:
+                await loop.run_in_executor(self._worker, self.load_sync)
+            except Exception as exc:
+                self.state, self.error = EngineState.FAILED, str(exc)
+                log.error("model %s failed to load: %s", self.model_id, exc)
 
     def load_sync(self) -> None:
         """Load and warm up the model on this thread (the CLI's in-process mode uses it)."""
+        if self._model is not None:
+            return
         started = time.perf_counter()
-        settings = self.settings
-        for note in self._settings_notes():
-            log.warning(note)
-        self.device = choose_device(settings)
-        for note in self.device.notes:
-            log.warning(note)
-        self.model_path = resolve_model(settings.model_id, settings.cache_dir)
+        self.state = EngineState.LOADING
+        try:
+            model = self._load_model(self.device, self.model_id)
+        except Exception as exc:
+            if self.device.device != "cuda" or self.settings.device == "cuda":
+                raise
+            # DEVICE=auto and the GPU could not take it (out of memory, driver): use the CPU.
+            log.warning("loading on the GPU failed (%s); falling back to the CPU", exc)
+            self.device = DeviceChoice("cpu", "int8" if self.settings.compute_type == "auto"
+                                       else self.settings.compute_type)  # fmt: skip
+            self.model_id = self._model_for(self.device)
+            model = self._load_model(self.device, self.model_id)
+        self._model, self._pipeline = model, BatchedInferencePipeline(model)
+        self._multilingual = bool(model.model.is_multilingual)
+        self._warm_up()
+        self.state, self.loaded_once = EngineState.READY, True
+        log.info("model ready in %.1f s", time.perf_counter() - started)
+
+    def _load_model(self, device: DeviceChoice, model_id: str) -> WhisperModel:
+        self.model_path = resolve_model(model_id, self.settings.cache_dir)
         log.info(
             "loading model %s from %s on %s (%s)",
-            settings.model_id,
+            model_id,
             self.model_path,
-            self.device.device,
-            self.device.compute_type,
+            device.device,
+            device.compute_type,
         )
         kwargs = dict(
-            device=self.device.device,
-            compute_type=self.device.compute_type,
-            cpu_threads=settings.cpu_threads,
+            device=device.device,
+            compute_type=device.compute_type,
+            cpu_threads=self.settings.cpu_threads,
         )
         try:
-            model = WhisperModel(
-                str(self.model_path), **kwargs, flash_attention=self.device.flash_attention
+            return WhisperModel(
+                str(self.model_path), **kwargs, flash_attention=device.flash_attention
             )
         except Exception as exc:
-            if not self.device.flash_attention:
+            if not device.flash_attention:
                 raise
             log.warning("flash attention unsupported on this GPU (%s); loading without it", exc)
-            model = WhisperModel(str(self.model_path), **kwargs)
-        self._model, self._pipeline = model, BatchedInferencePipeline(model)
-        self._warm_up()
-        self.state = EngineState.READY
-        log.info("model ready in %.1f s", time.perf_counter() - started)
+            return WhisperModel(str(self.model_path), **kwargs)
+
+    def _unload_sync(self) -> None:
+        if self._active_jobs or self._model is None:
+            return  # work arrived after the unload was scheduled
+        self._model = self._pipeline = None
+        gc.collect()
+        self.state = EngineState.UNLOADED
+        log.info("model unloaded after %s s idle", self.settings.unload_model_after_s)
+
+    def _schedule_unload(self) -> None:
+        delay = self.settings.unload_model_after_s
+        if delay is None or self._active_jobs or not self.loaded:
+            return
+        if self._unload_timer:
+            self._unload_timer.cancel()
+        loop = asyncio.get_running_loop()
+        self._unload_timer = loop.call_later(
+            delay, lambda: loop.run_in_executor(self._worker, self._unload_sync)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _job(self) -> AsyncIterator[None]:
+        """Marks work in progress: no unloading meanwhile; the model is loaded if needed."""
+        if self.state is EngineState.FAILED or not self.accepting:
+            raise EngineNotReady(self.error or "the model is still loading")
+        self._active_jobs += 1
+        if self._unload_timer:
+            self._unload_timer.cancel()
+            self._unload_timer = None
+        try:
+            if not self.loaded:
+                await self.load()
+                if self.state is EngineState.FAILED:
+                    raise EngineNotReady(self.error or "the model failed to load")
+            yield
+        finally:
+            self._active_jobs -= 1
+            self._schedule_unload()
 
     def _settings_notes(self) -> list[str]:
         notes = []
@@ -217,16 +317,20 @@ class Engine:
             self._decoder, lambda: decode_audio(data, max_duration_s=limit)
         )
 
+    async def probe(self, data: bytes) -> None:
+        """Check, without decoding it all, that `data` holds an audio stream (`AudioError`)."""
+        await asyncio.get_running_loop().run_in_executor(self._decoder, probe_audio, data)
+
     def check_language(self, language: str | None) -> None:
         """Raise `ValueError` if this model can't take `language` (e.g. `fr` on `tiny.en`)."""
-        if language and language != "en" and self._model and not self.multilingual:
-            raise ValueError(f"the model {self.settings.model_id} is English-only")
+        if language and language != "en" and not self.multilingual:
+            raise ValueError(f"the model {self.model_id} is English-only")
 
     async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
         """The whole transcript, once every window is decoded."""
-        self._check_ready()
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker, self.transcribe_sync, samples, options)
+        async with self._job():
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._worker, self.transcribe_sync, samples, options)
 
     async def stream(
         self, samples: np.ndarray, options: TranscribeOptions
@@ -235,7 +339,13 @@ class Engine:
 
         Closing the iterator early (a client that went away) stops the work at the next window.
         """
-        self._check_ready()
+        async with self._job():
+            async for item in self._stream(samples, options):
+                yield item
+
+    async def _stream(
+        self, samples: np.ndarray, options: TranscribeOptions
+    ) -> AsyncIterator[Segment | Transcript]:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Segment | Transcript | BaseException] = asyncio.Queue()
         stop = threading.Event()
@@ -269,10 +379,6 @@ class Engine:
             stop.set()
             future.cancel()  # if it hasn't started yet
 
-    def _check_ready(self) -> None:
-        if not self.ready:
-            raise EngineNotReady(self.error or "the model is still loading")
-
     def transcribe_sync(
         self,
         samples: np.ndarray,
@@ -280,6 +386,8 @@ class Engine:
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
         """Transcribe on this thread, calling `on_segment` with each segment as it is ready."""
+        if self._model is None:  # unloaded between scheduling and running: load it back
+            self.load_sync()
         assert self._model is not None and self._pipeline is not None
         settings = self.settings
         duration = len(samples) / SAMPLE_RATE

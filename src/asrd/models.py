@@ -132,3 +132,40 @@ def resolve_model(model_id: str, cache_dir: Path, *, allow_download: bool = True
             "MODEL_ID=base, or point MODEL_ID at a local CTranslate2 model directory."
         )
         raise ModelNotAvailable(f"could not download {repo!r}: {exc}.{hint}") from exc
+
+
+SIZE_ORDER = ("tiny", "base", "small", "medium", "large")
+SMALLEST_MODEL = "tiny.en"
+
+
+def model_size(model_id: str) -> str | None:
+    """`tiny` ... `large` for the known names (turbo and distil-large count as large)."""
+    name = canonical_name(model_id).lower().removeprefix("distil-")
+    name = (
+        name.split("/")[-1].removeprefix("faster-whisper-").removeprefix("faster-distil-whisper-")
+    )
+    if name.startswith("turbo"):
+        return "large"
+    for size in SIZE_ORDER:
+        if name.startswith(size):
+            return size
+    return None
+
+
+def choose_model_id(
+    model_id: str,
+    *,
+    on_cpu: bool,
+    cpu_fallback_model: str | None = None,
+    max_model: str | None = None,
+    develop_mode: bool = False,
+) -> str:
+    """Apply DEVELOP_MODE, CPU_FALLBACK_MODEL and MAX_MODEL to MODEL_ID."""
+    if develop_mode:
+        return SMALLEST_MODEL
+    chosen = cpu_fallback_model if on_cpu and cpu_fallback_model else model_id
+    size = model_size(chosen)
+    if max_model and size and SIZE_ORDER.index(size) > SIZE_ORDER.index(max_model):
+        english_only = canonical_name(chosen).endswith(".en") and max_model != "large"
+        return f"{max_model}.en" if english_only else max_model
+    return chosen

@@ -139,7 +139,7 @@ async def asr(
         "X-Processing-Time": f"{elapsed:.3f}",
         "X-Audio-Length": f"{transcript.duration:.3f}",
         "X-Realtime-Factor": f"{transcript.duration / max(elapsed, 1e-6):.2f}",
-        "X-Model-ID": engine.settings.model_id,
+        "X-Model-ID": engine.model_id,
     }
     return JSONResponse(body.model_dump(), headers=headers)
 

@@ -12,11 +12,11 @@ from ..languages import UnknownLanguage, language_code
 
 
 def ready_engine(request: Request) -> Engine:
+    """The engine, if it takes requests now (a model unloaded for idleness loads on demand)."""
     engine: Engine = request.app.state.engine
-    if not engine.ready:
-        raise ApiError(
-            503, "model_not_ready", "the model is not loaded yet", headers={"Retry-After": "5"}
-        )
+    if not engine.accepting:
+        message = engine.error or "the model is not loaded yet"
+        raise ApiError(503, "model_not_ready", message, headers={"Retry-After": "5"})
     return engine
 
 

@@ -7,7 +7,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from .. import __version__
-from ..engine import EngineState
+from ..engine import Engine, EngineState
 
 router = APIRouter(tags=["health"])
 
@@ -21,13 +21,18 @@ class Health(BaseModel):
 @router.get(
     "/hc",
     response_model=Health,
-    responses={503: {"model": Health, "description": "Model still loading, or failed to load"}},
-    summary="Ready check: 200 once the model is loaded and warmed up, 503 before",
+    responses={503: {"model": Health, "description": "Model loading at start-up, or failed"}},
+    summary="Ready check: 200 while requests are accepted, 503 before the start-up load or "
+    "after a failed one",
 )
 async def health(request: Request) -> JSONResponse:
-    engine = request.app.state.engine
-    if engine.state is EngineState.READY:
-        return JSONResponse({"status": "ok", "version": __version__})
+    """`ok`: loaded. `standby`: unloaded (idle, or not loaded at start-up), loads on the next
+    request, so still ready to accept. `loading`: the start-up load (503) or an on-demand one
+    (200). `failed`: the model can't be loaded (503)."""
+    engine: Engine = request.app.state.engine
     if engine.state is EngineState.FAILED:
         return JSONResponse({"status": "failed", "error": engine.error}, status_code=503)
-    return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+    if not engine.accepting:
+        return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
+    status = {EngineState.READY: "ok", EngineState.LOADING: "loading"}.get(engine.state, "standby")
+    return JSONResponse({"status": status, "version": __version__})

@@ -57,13 +57,13 @@ class ModelList(BaseModel):
 
 
 def _served(request: Request) -> list[str]:
-    return [request.app.state.settings.model_id, ALIAS]
+    return [request.app.state.engine.model_id, ALIAS]
 
 
 def _check_model(request: Request, model: str | None) -> None:
     if not model:
         return
-    served = request.app.state.settings.model_id
+    served = request.app.state.engine.model_id
     if model not in (served, ALIAS) and canonical_name(model) != canonical_name(served):
         raise ApiError(
             404,
