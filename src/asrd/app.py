@@ -8,13 +8,16 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .api import asr, health, openai
+from .api import asr, health, openai, tasks, web
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import install_error_handlers
 from .limits import BodySizeLimitMiddleware
+from .logs import AccessLogMiddleware
+from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
 
@@ -34,18 +37,31 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = Engine(settings)
-        app.state.engine = engine
+        queue = MemoryTaskQueue(
+            max_pending=settings.max_task_queue_size,
+            max_pending_bytes=int(settings.max_queue_mb * 1024 * 1024),
+            ttl_s=settings.delete_results_after_m * 60,
+            refresh_on_read=settings.refresh_expiration_time_on_usage,
+        )
+        worker = TaskWorker(queue, engine)
+        app.state.engine, app.state.task_queue, app.state.task_worker = engine, queue, worker
 
         async def load() -> None:
             await engine.start()
             if engine.state is EngineState.FAILED and on_load_failure:
                 on_load_failure(engine.error or "unknown error")
 
-        loader = asyncio.create_task(load())
+        background = [asyncio.create_task(load()), asyncio.create_task(worker.run())]
+        if settings.run_result_expiry_check_m > 0:
+            background.append(
+                asyncio.create_task(_sweep(queue, settings.run_result_expiry_check_m * 60))
+            )
         try:
             yield
         finally:
-            loader.cancel()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             engine.close()
 
     app = FastAPI(
@@ -59,7 +75,25 @@ def create_app(
     app.add_middleware(
         BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES
     )
+    app.add_middleware(AccessLogMiddleware)
+    # Keep uploads in memory up to the body limit: Starlette would otherwise spool files over
+    # 1 MB to disk, and asrd promises that audio never touches the disk.
+    MultiPartParser.spool_max_size = max(
+        MultiPartParser.spool_max_size, settings.max_upload_bytes + BODY_OVERHEAD_BYTES
+    )
     app.include_router(health.router)
     app.include_router(asr.router)
     app.include_router(openai.router)
+    app.include_router(tasks.router)
+    app.include_router(web.router)
+    web.mount_static(app)
     return app
+
+
+async def _sweep(queue: MemoryTaskQueue, every_s: float) -> None:
+    """Delete expired results every RUN_RESULT_EXPIRY_CHECK_M minutes."""
+    while True:
+        await asyncio.sleep(every_s)
+        removed = await queue.sweep()
+        if removed:
+            log.info("deleted %d expired results", removed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -68,21 +67,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(serve_forever(settings))
 
 
-def settings_level(settings: Settings) -> int:
-    return logging.getLevelName(settings.log_level)
-
-
 def serve_forever(settings: Settings) -> int:
     import uvicorn
 
     from .app import create_app
+    from .logs import setup_logging
 
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    # faster-whisper logs every request at INFO; asrd logs what matters itself.
-    logging.getLogger("faster_whisper").setLevel(max(logging.WARNING, settings_level(settings)))
+    setup_logging(settings)
     failure: list[str] = []
 
     def on_load_failure(reason: str) -> None:
@@ -94,7 +85,15 @@ def serve_forever(settings: Settings) -> int:
     # binds one socket per address family when given no host.
     host = None if settings.host in ("*", "") else settings.host
     config = uvicorn.Config(
-        app, host=host, port=settings.port, log_config=None, access_log=False, lifespan="on"
+        app,
+        host=host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,  # asrd's own access log shortens task ids
+        lifespan="on",
+        # The client address stays the TCP peer: X-Forwarded-For is only believed where asrd
+        # decides to (TRUSTED_PROXIES), never rewritten for every request by the server.
+        proxy_headers=False,
     )
     server = uvicorn.Server(config)
     server.run()

@@ -6,6 +6,7 @@ Both are capped at `MAX_UPLOAD_MB` while reading, never after.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import stat
 from pathlib import Path
@@ -47,7 +48,42 @@ async def load_source(source: str, settings: Settings) -> bytes:
     )
 
 
+class UrlNotAllowed(Exception):
+    """The URL points somewhere asrd must not connect to."""
+
+
+async def check_url_allowed(url: str, settings: Settings) -> None:
+    """Refuse non-http(s) URLs, and (unless ALLOW_PRIVATE_URLS) hosts that resolve to any
+    loopback, private, link-local, multicast, reserved or otherwise non-public address."""
+    split = urlsplit(url)
+    if split.scheme.lower() not in ("http", "https") or not split.hostname:
+        raise UrlNotAllowed("only http:// and https:// URLs with a host are allowed")
+    if settings.allow_private_urls:
+        return
+    try:
+        port = split.port or (443 if split.scheme.lower() == "https" else 80)
+        infos = await asyncio.get_running_loop().getaddrinfo(split.hostname, port)
+    except (OSError, ValueError) as exc:
+        raise UrlNotAllowed(f"the host can't be resolved ({type(exc).__name__})") from None
+    for info in infos:
+        if not is_public_address(info[4][0]):
+            raise UrlNotAllowed(
+                "the host resolves to a non-public address (set ALLOW_PRIVATE_URLS to allow)"
+            )
+
+
+def is_public_address(address: str) -> bool:
+    ip = ipaddress.ip_address(address.split("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
 async def fetch_url(url: str, settings: Settings) -> bytes:
+    try:
+        await check_url_allowed(url, settings)
+    except UrlNotAllowed as exc:
+        raise ApiError(403, "url_not_allowed", str(exc)) from None
     limit = settings.max_upload_bytes
     timeout = httpx.Timeout(
         connect=settings.url_connect_timeout_s,

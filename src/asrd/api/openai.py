@@ -8,6 +8,7 @@ timings) on each streamed delta.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -238,22 +239,25 @@ async def _events(
     first = True
     count = 0
     try:
-        async for item in engine.stream(samples, options):  # type: ignore[arg-type]
-            if isinstance(item, Transcript):
-                done = {
-                    "type": "transcript.text.done",
-                    "text": item.text,
-                    "usage": usage(item),
-                    "language": language_name(item.language),
-                    "duration": round(item.duration, 3),
-                }
-                yield _sse(done)
-                return
-            for piece in split_segments([item], max_s, max_chars):
-                piece.id, count = count, count + 1
-                delta = piece.text.lstrip() if first else piece.text
-                first = False
-                yield _sse(_delta(delta, piece, options.word_timestamps))
+        transcription = engine.stream(samples, options)  # type: ignore[arg-type]
+        # aclosing: a client that goes away closes this generator, which stops the engine.
+        async with contextlib.aclosing(transcription) as segments:
+            async for item in segments:
+                if isinstance(item, Transcript):
+                    done = {
+                        "type": "transcript.text.done",
+                        "text": item.text,
+                        "usage": usage(item),
+                        "language": language_name(item.language),
+                        "duration": round(item.duration, 3),
+                    }
+                    yield _sse(done)
+                    return
+                for piece in split_segments([item], max_s, max_chars):
+                    piece.id, count = count, count + 1
+                    delta = piece.text.lstrip() if first else piece.text
+                    first = False
+                    yield _sse(_delta(delta, piece, options.word_timestamps))
     except Exception as exc:  # the stream has begun: report in-band, as OpenAI's SDK expects
         log.exception("streamed transcription failed")
         message = str(exc) if isinstance(exc, EngineNotReady) else "transcription failed"

@@ -7,7 +7,8 @@
   const POLL_MS = 1000; // poll every second...
   const SLOW_POLL_MS = 2000; // ...then every two once a task has taken this long:
   const SLOW_AFTER_MS = 30000;
-  const MAX_POLL_RETRIES = 5; // consecutive network errors (or 5xx) before giving up
+  const MAX_POLL_RETRIES = 4; // consecutive network errors (or 5xx) before giving up
+  const RETRY_STEP_MS = 1500; // waits of 1.5, 3, 4.5 and 6 s between those retries
 
   const $ = (id) => document.getElementById(id);
   const el = {
@@ -570,7 +571,7 @@
       return;
     }
     setStatus("retrying", `Lost contact with the server, retrying (${job.failures}/${MAX_POLL_RETRIES})…`);
-    job.timer = setTimeout(() => poll(job), SLOW_POLL_MS * job.failures);
+    job.timer = setTimeout(() => poll(job), RETRY_STEP_MS * job.failures);
   }
 
   function finish(job, task) {

@@ -1,0 +1,86 @@
+"""A task: one uploaded file to transcribe or translate, and what became of it."""
+
+from __future__ import annotations
+
+import enum
+import secrets
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal
+
+from ..engine import Transcript
+
+
+class TaskStatus(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    FINISHED = "finished"
+    FAILED = "failed"
+
+
+def new_task_id() -> str:
+    return secrets.token_hex(16)  # unguessable: the id is the capability to read the result
+
+
+def _iso(timestamp: float | None) -> str | None:
+    if timestamp is None:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="milliseconds")
+
+
+@dataclass
+class Task:
+    type: Literal["transcribe", "translate"]
+    audio: bytes | None  # the upload, in memory only; dropped as soon as it is decoded
+    language: str | None = None
+    file_name: str | None = None
+    callback_url: str | None = None
+    id: str = field(default_factory=new_task_id)
+    status: TaskStatus = TaskStatus.PENDING
+    uploaded_at: float = field(default_factory=time.time)
+    started_at: float | None = None
+    finished_at: float | None = None
+    expires_at: float | None = None
+    transcript: Transcript | None = None
+    error: dict | None = None
+    cancelled: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.audio) if self.audio else 0
+
+    @property
+    def done(self) -> bool:
+        return self.status in (TaskStatus.FINISHED, TaskStatus.FAILED)
+
+    def to_json(self, position: int | None) -> dict:
+        result = None
+        if self.transcript is not None:
+            result = {
+                "text": self.transcript.text,
+                "segments": [
+                    {"start": s.start, "end": s.end, "text": s.text.strip()}
+                    for s in self.transcript.segments
+                ],
+                "language": self.transcript.language,
+                "duration": round(self.transcript.duration, 3),
+            }
+        processing = None
+        if self.started_at is not None and self.finished_at is not None:
+            processing = round(self.finished_at - self.started_at, 3)
+        return {
+            "task_id": self.id,
+            "task_type": self.type,
+            "status": str(self.status),
+            "position_in_queue": position,
+            "file_name": self.file_name,
+            "language": self.language,
+            "time_uploaded": _iso(self.uploaded_at),
+            "time_started": _iso(self.started_at),
+            "time_finished": _iso(self.finished_at),
+            "processing_duration": processing,
+            "result": result,
+            "error": self.error,
+            "expires_at": _iso(self.expires_at),
+        }

@@ -1,0 +1,148 @@
+"""The task queue: a small interface, and its in-memory implementation (one machine).
+
+A Redis-backed implementation for several machines implements the same `TaskQueue`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from abc import ABC, abstractmethod
+from collections import deque
+
+from ..engine import Transcript
+from .model import Task, TaskStatus
+
+
+class QueueFull(Exception):
+    """No room: too many tasks, or too many bytes, are waiting."""
+
+
+class TaskQueue(ABC):
+    """FIFO tasks with results that expire `ttl_s` after they are done (or last read)."""
+
+    @abstractmethod
+    async def submit(self, task: Task) -> int:
+        """Queue `task`; return its position (1 = next). Raise `QueueFull` at once if full."""
+
+    @abstractmethod
+    async def next(self) -> Task:
+        """Wait for the oldest pending task, mark it processing and return it."""
+
+    @abstractmethod
+    async def get(self, task_id: str) -> tuple[Task, int | None] | None:
+        """The task and its position (None when not pending), or None if unknown/expired."""
+
+    @abstractmethod
+    async def finish(self, task: Task, transcript: Transcript) -> None: ...
+
+    @abstractmethod
+    async def fail(self, task: Task, code: str, message: str) -> None: ...
+
+    @abstractmethod
+    async def remove(self, task_id: str) -> Task | None:
+        """Cancel a pending task, flag a processing one to stop, or drop a result."""
+
+    @abstractmethod
+    async def counts(self) -> dict[str, int]:
+        """Tasks by status (expired results not counted)."""
+
+    @abstractmethod
+    async def sweep(self) -> int:
+        """Delete expired results now; return how many."""
+
+
+class MemoryTaskQueue(TaskQueue):
+    def __init__(
+        self,
+        *,
+        max_pending: int,
+        max_pending_bytes: int,
+        ttl_s: float,
+        refresh_on_read: bool,
+        clock=time.time,
+    ):
+        self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
+        self.ttl_s, self.refresh_on_read, self.clock = ttl_s, refresh_on_read, clock
+        self._tasks: dict[str, Task] = {}
+        self._pending: deque[str] = deque()
+        self._pending_bytes = 0
+        self._wakeup = asyncio.Condition()
+
+    async def submit(self, task: Task) -> int:
+        if len(self._pending) >= self.max_pending:
+            raise QueueFull(f"the queue is full ({self.max_pending} tasks waiting)")
+        if self._pending_bytes + task.size > self.max_pending_bytes:
+            raise QueueFull("the queue is full (too much audio waiting)")
+        self._tasks[task.id] = task
+        self._pending.append(task.id)
+        self._pending_bytes += task.size
+        async with self._wakeup:
+            self._wakeup.notify()
+        return len(self._pending)
+
+    async def next(self) -> Task:
+        async with self._wakeup:
+            await self._wakeup.wait_for(lambda: bool(self._pending))
+            task = self._tasks[self._pending.popleft()]
+        self._pending_bytes -= task.size
+        task.status, task.started_at = TaskStatus.PROCESSING, self.clock()
+        return task
+
+    def _expired(self, task: Task) -> bool:
+        return task.expires_at is not None and task.expires_at <= self.clock()
+
+    async def get(self, task_id: str) -> tuple[Task, int | None] | None:
+        task = self._tasks.get(task_id)
+        if task is None:
+            return None
+        if self._expired(task):
+            del self._tasks[task_id]
+            return None
+        if task.done and self.refresh_on_read:
+            task.expires_at = self.clock() + self.ttl_s
+        position = None
+        if task.status is TaskStatus.PENDING:
+            position = self._pending.index(task_id) + 1
+        elif task.status is TaskStatus.PROCESSING:
+            position = 0
+        return task, position
+
+    def _done(self, task: Task) -> None:
+        task.finished_at = self.clock()
+        task.expires_at = task.finished_at + self.ttl_s
+        task.audio = None
+
+    async def finish(self, task: Task, transcript: Transcript) -> None:
+        task.status, task.transcript = TaskStatus.FINISHED, transcript
+        self._done(task)
+
+    async def fail(self, task: Task, code: str, message: str) -> None:
+        task.status, task.error = TaskStatus.FAILED, {"code": code, "message": message}
+        self._done(task)
+
+    async def remove(self, task_id: str) -> Task | None:
+        found = await self.get(task_id)
+        if found is None:
+            return None
+        task = found[0]
+        task.cancelled = True
+        if task.status is TaskStatus.PENDING:
+            self._pending.remove(task_id)
+            self._pending_bytes -= task.size
+        self._tasks.pop(task_id, None)
+        task.audio = task.transcript = None
+        return task
+
+    async def counts(self) -> dict[str, int]:
+        await self.sweep()
+        counts = {str(status): 0 for status in TaskStatus}
+        for task in self._tasks.values():
+            counts[str(task.status)] += 1
+        return counts
+
+    async def sweep(self) -> int:
+        expired = [task_id for task_id, task in self._tasks.items() if self._expired(task)]
+        for task_id in expired:
+            del self._tasks[task_id]
+        return len(expired)
