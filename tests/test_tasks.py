@@ -1,0 +1,321 @@
+"""The asynchronous task API end to end: real servers, real model, real speech."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import numpy as np
+import pytest
+import srt
+import webvtt
+
+from conftest import CLIPS, SERVER_ENV, AsrdServer, encode, long_english_audio, wer
+
+JFK = CLIPS["en_jfk_inaugural_1961.flac"]
+LS = CLIPS["en_ls_1089-134686-0001.wav"]
+SHORT_CLIPS = [
+    "en_jfk_inaugural_1961.flac",
+    "en_timit_LDC93S1.wav",
+    "en_cmuarctic_a0024.wav",
+    "en_ls_1089-134686-0001.wav",
+    "en_riva_what_is_nlp.wav",
+]
+
+
+def submit(http: httpx.Client, clip_bytes: bytes, name: str = "a.wav", **form: str) -> dict:
+    response = http.post("/api/v1/transcribe", files={"file": (name, clip_bytes)}, data=form)
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def wait_done(http: httpx.Client, task_id: str, timeout: float = 120) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(f"/api/v1/tasks/{task_id}").json()
+        if body["status"] in ("finished", "failed"):
+            return body
+        time.sleep(0.1)
+    raise TimeoutError(task_id)
+
+
+def wait_status(http: httpx.Client, task_id: str, status: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        body = http.get(f"/api/v1/tasks/{task_id}").json()
+        if body["status"] == status:
+            return body
+        time.sleep(0.05)
+    raise TimeoutError(f"{task_id} never {status}")
+
+
+@pytest.fixture(scope="module")
+def tasks_http(server: AsrdServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        yield http
+
+
+# --- the happy path -------------------------------------------------------------------------
+
+
+def test_submit_poll_and_download(tasks_http: httpx.Client) -> None:
+    created = submit(tasks_http, JFK.read(), name="Речь JFK.flac")
+    assert created["status"] == "pending" and created["position_in_queue"] >= 1
+    assert len(created["task_id"]) == 32
+    done = wait_done(tasks_http, created["task_id"])
+    assert done["status"] == "finished" and done["error"] is None
+    assert done["position_in_queue"] is None and done["file_name"] == "Речь JFK.flac"
+    result = done["result"]
+    assert wer(JFK.transcript, result["text"]) <= 0.15
+    assert result["language"] == "en" and result["duration"] == pytest.approx(11.0, abs=0.05)
+    assert all(s["start"] <= s["end"] for s in result["segments"])
+    assert done["time_uploaded"] <= done["time_started"] <= done["time_finished"]
+    assert done["processing_duration"] > 0 and done["expires_at"]
+    # The seed's polling form gives the same task.
+    seed_form = tasks_http.get("/api/v1/status", params={"task_id": created["task_id"]}).json()
+    assert seed_form["result"] == result
+
+    params = {"task_id": created["task_id"]}
+    srt_response = tasks_http.get("/api/v1/srt", params=params)
+    assert srt_response.headers["content-type"] == "text/plain; charset=utf-8"
+    disposition = srt_response.headers["content-disposition"]  # a non-latin-1 name is fine
+    assert "filename*=UTF-8''%D0%A0%D0%B5%D1%87%D1%8C%20JFK_en.srt" in disposition
+    cues = list(srt.parse(srt_response.text))
+    assert wer(JFK.transcript, " ".join(c.content for c in cues)) <= 0.15
+    vtt = webvtt.from_buffer(io.StringIO(tasks_http.get("/api/v1/vtt", params=params).text))
+    assert len(vtt.captions) == len(cues)
+    assert wer(JFK.transcript, tasks_http.get("/api/v1/txt", params=params).text) <= 0.15
+
+
+def test_translate_on_multilingual_model(base_server: AsrdServer) -> None:
+    french = CLIPS["fr_picovoice_test_fr.wav"]
+    with httpx.Client(base_url=base_server.url, timeout=60) as http:
+        response = http.post(
+            "/api/v1/translate", files={"file": ("fr.wav", french.read())}, data={"language": "fr"}
+        )
+        assert response.status_code == 202
+        done = wait_done(http, response.json()["task_id"])
+    assert done["task_type"] == "translate" and done["status"] == "finished"
+    words = set(done["result"]["text"].lower().replace(",", " ").replace(".", " ").split())
+    assert words & {"the", "of", "and", "in", "is", "was", "a", "it"}, done["result"]["text"]
+
+
+# --- refused up front -----------------------------------------------------------------------
+
+
+def test_bad_submissions_are_refused_at_once(tasks_http: httpx.Client) -> None:
+    def post(data: bytes, **form: str) -> httpx.Response:
+        return tasks_http.post("/api/v1/transcribe", files={"file": ("x.wav", data)}, data=form)
+
+    for data, code in [(b"", "invalid_audio"), (b"this is text", "invalid_audio")]:
+        response = post(data)
+        assert response.status_code == 400 and response.json()["error"]["code"] == code
+    bad_language = post(JFK.read(), language="xx")
+    assert bad_language.status_code == 400
+    assert bad_language.json()["error"]["code"] == "invalid_language"
+    english_only = tasks_http.post(
+        "/api/v1/transcribe?language=de", files={"file": ("x.flac", JFK.read())}
+    )
+    assert english_only.status_code == 400 and "English-only" in english_only.text
+    no_file = tasks_http.post("/api/v1/transcribe", data={"language": "en"})
+    assert no_file.status_code == 422
+    refused_callback = post(JFK.read(), callback_url="http://127.0.0.1:9/hook")
+    assert refused_callback.status_code == 400
+    assert refused_callback.json()["error"]["code"] == "invalid_callback_url"
+
+
+def test_unknown_ids_are_404(tasks_http: httpx.Client) -> None:
+    for path in ("/api/v1/tasks/0123", "/api/v1/status?task_id=nope", "/api/v1/srt?task_id=x"):
+        response = tasks_http.get(path)
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "task_not_found"
+    assert tasks_http.delete("/api/v1/tasks/abc").status_code == 404
+
+
+# --- queue behaviour: FIFO, failures, cancellation, full queue -----------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_queue(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
+    env = {**SERVER_ENV, "MAX_TASK_QUEUE_SIZE": "3", "MAX_AUDIO_S": "100"}
+    server = AsrdServer(env, tmp_path_factory.mktemp("small-queue") / "asrd.log")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            yield http
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def long_audio() -> bytes:
+    samples, _ = long_english_audio(repeats=1)  # ~77 s: several seconds of work
+    return encode(samples, "flac")
+
+
+def test_full_queue_is_429_at_once_and_failures_do_not_stop_the_worker(
+    small_queue: httpx.Client, long_audio: bytes
+) -> None:
+    busy = submit(small_queue, long_audio)["task_id"]
+    wait_status(small_queue, busy, "processing")
+    too_long = encode(np.zeros(101 * 16000, np.float32), "mp3")  # over MAX_AUDIO_S
+    failing = submit(small_queue, too_long, name="long.mp3")["task_id"]
+    queued = [submit(small_queue, CLIPS[name].read())["task_id"] for name in SHORT_CLIPS[:2]]
+    started = time.monotonic()
+    refused = small_queue.post("/api/v1/transcribe", files={"file": ("x.flac", JFK.read())})
+    assert refused.status_code == 429 and time.monotonic() - started < 1
+    assert refused.headers["Retry-After"] and refused.json()["error"]["code"] == "queue_full"
+    positions = [small_queue.get(f"/api/v1/tasks/{t}").json()["position_in_queue"] for t in
+                 [failing, *queued]]  # fmt: skip
+    assert positions == [1, 2, 3]
+
+    failed = wait_done(small_queue, failing)
+    assert failed["status"] == "failed" and failed["error"]["code"] == "audio_too_long"
+    assert "MAX_AUDIO_S" in failed["error"]["message"] and failed["result"] is None
+    for task_id, name in zip(queued, SHORT_CLIPS[:2], strict=True):
+        done = wait_done(small_queue, task_id)
+        assert done["status"] == "finished"
+        assert wer(CLIPS[name].transcript, done["result"]["text"]) <= 0.3
+    assert wait_done(small_queue, busy)["status"] == "finished"
+
+
+def test_cancel_pending_and_running_tasks_and_drop_results(
+    small_queue: httpx.Client, long_audio: bytes
+) -> None:
+    running = submit(small_queue, long_audio)["task_id"]
+    wait_status(small_queue, running, "processing")
+    pending = submit(small_queue, long_audio)["task_id"]
+    after = submit(small_queue, JFK.read())["task_id"]
+
+    cancelled = small_queue.delete(f"/api/v1/tasks/{pending}")
+    assert cancelled.json() == {"task_id": pending, "status": "cancelled"}
+    assert small_queue.get(f"/api/v1/tasks/{pending}").status_code == 404
+    assert small_queue.get(f"/api/v1/tasks/{after}").json()["position_in_queue"] == 1
+
+    stopped_at = time.monotonic()
+    assert small_queue.delete(f"/api/v1/tasks/{running}").json()["status"] == "cancelled"
+    assert small_queue.get(f"/api/v1/tasks/{running}").status_code == 404
+    # The running task stops at its next window: the next task starts soon, not after ~77 s.
+    wait_status(small_queue, after, "processing", timeout=20)
+    assert time.monotonic() - stopped_at < 20
+    done = wait_done(small_queue, after)
+    assert wer(JFK.transcript, done["result"]["text"]) <= 0.15
+
+    dropped = small_queue.delete(f"/api/v1/tasks/{after}")
+    assert dropped.json() == {"task_id": after, "status": "deleted"}
+    assert small_queue.get("/api/v1/srt", params={"task_id": after}).status_code == 404
+
+
+def test_download_before_finish_is_409(small_queue: httpx.Client, long_audio: bytes) -> None:
+    task_id = submit(small_queue, long_audio)["task_id"]
+    response = small_queue.get("/api/v1/srt", params={"task_id": task_id})
+    assert response.status_code == 409 and response.json()["error"]["code"] == "task_not_finished"
+    small_queue.delete(f"/api/v1/tasks/{task_id}")
+
+
+def test_twenty_queued_tasks_finish_in_order(tasks_http: httpx.Client) -> None:
+    clips = [CLIPS[SHORT_CLIPS[i % len(SHORT_CLIPS)]] for i in range(20)]
+    ids = [submit(tasks_http, clip.read(), name=clip.name)["task_id"] for clip in clips]
+    results = [wait_done(tasks_http, task_id) for task_id in ids]
+    assert [r["status"] for r in results] == ["finished"] * 20
+    starts = [r["time_started"] for r in results]
+    assert starts == sorted(starts), "FIFO order not kept"
+    for clip, result in zip(clips, results, strict=True):
+        assert wer(clip.transcript, result["result"]["text"]) <= 0.3
+
+
+# --- expiry ---------------------------------------------------------------------------------
+
+
+def test_results_expire_whatever_the_read_pattern(tmp_path: Path) -> None:
+    # 0.03 minutes = 1.8 s; lazy expiry only (no sweeper), refreshed on read.
+    env = {**SERVER_ENV, "DELETE_RESULTS_AFTER_M": "0.03", "RUN_RESULT_EXPIRY_CHECK_M": "0"}
+    server = AsrdServer(env, tmp_path / "asrd.log")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            first = submit(http, JFK.read())["task_id"]
+            second = submit(http, LS.read())["task_id"]
+            wait_done(http, first)
+            wait_done(http, second)
+            # Keep reading the first (older) one; the second, never read, must still expire.
+            until = time.monotonic() + 3.0
+            while time.monotonic() < until:
+                assert http.get(f"/api/v1/tasks/{first}").status_code == 200
+                time.sleep(0.4)
+            assert http.get(f"/api/v1/tasks/{second}").status_code == 404
+            assert http.get(f"/api/v1/tasks/{first}").status_code == 200
+            time.sleep(2.2)
+            assert http.get(f"/api/v1/tasks/{first}").status_code == 404
+    finally:
+        server.stop()
+
+
+def test_sweeper_and_no_refresh(tmp_path: Path) -> None:
+    env = {
+        **SERVER_ENV,
+        "DELETE_RESULTS_AFTER_M": "0.02",  # 1.2 s
+        "REFRESH_EXPIRATION_TIME_ON_USAGE": "0",
+        "RUN_RESULT_EXPIRY_CHECK_M": "0.005",  # a sweep every 0.3 s
+    }
+    server = AsrdServer(env, tmp_path / "asrd.log")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            task_id = submit(http, JFK.read())["task_id"]
+            wait_done(http, task_id)
+            finished_at = time.monotonic()
+            while time.monotonic() - finished_at < 1.0:  # reads don't extend its life
+                assert http.get(f"/api/v1/tasks/{task_id}").status_code == 200
+                time.sleep(0.2)
+            time.sleep(0.8)  # past the 1.2 s, plus more than one sweep interval
+            status = http.get("/api/v1/decoder_status").json()
+            assert status["results_kept"] == 0
+            assert http.get(f"/api/v1/tasks/{task_id}").status_code == 404
+        assert "deleted 1 expired results" in server.log()
+    finally:
+        server.stop()
+
+
+# --- callbacks ------------------------------------------------------------------------------------
+
+
+class _Hook(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Hook.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def test_callback_gets_the_finished_task(tmp_path: Path) -> None:
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    server = AsrdServer({**SERVER_ENV, "ALLOW_PRIVATE_URLS": "1"}, tmp_path / "asrd.log")
+    try:
+        server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as http:
+            url = f"http://127.0.0.1:{hook.server_address[1]}/done"
+            ok = submit(http, JFK.read(), callback_url=url)["task_id"]
+            wait_done(http, ok)
+            deadline = time.monotonic() + 10
+            while not _Hook.received and time.monotonic() < deadline:
+                time.sleep(0.1)
+    finally:
+        server.stop()
+        hook.shutdown()
+    [posted] = _Hook.received
+    assert posted["task_id"] == ok and posted["status"] == "finished"
+    assert wer(JFK.transcript, posted["result"]["text"]) <= 0.15
