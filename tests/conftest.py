@@ -201,7 +201,8 @@ SERVER_ENV = {
 @pytest.fixture(scope="session")
 def server(allowed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsrdServer]:
     log_path = tmp_path_factory.mktemp("logs") / "asrd.log"
-    env = {**SERVER_ENV, "LOCAL_FILE_DIRS": str(allowed_dir)}
+    # The URL tests fetch from a file server on loopback, so private addresses are allowed here.
+    env = {**SERVER_ENV, "LOCAL_FILE_DIRS": str(allowed_dir), "ALLOW_PRIVATE_URLS": "1"}
     instance = AsrdServer(env, log_path)
     try:
         instance.wait_ready()

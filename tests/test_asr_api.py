@@ -112,13 +112,24 @@ def test_local_path_missing_and_special_files(client: httpx.Client, allowed_dir:
     assert_error(client.post("/asr", json={"url": f"{allowed_dir}/pipe"}), 400, "not_a_file")
 
 
-def test_local_paths_disabled_by_default(tmp_path: Path) -> None:
+def test_defaults_refuse_local_files_and_private_urls(tmp_path: Path, file_server: str) -> None:
     server = AsrdServer({"LOCAL_FILE_DIRS": ""}, tmp_path / "asrd.log")
     try:
         server.wait_ready()
         response = httpx.post(f"{server.url}/asr", json={"url": str(JFK.path)}, timeout=30)
         error = assert_error(response, 403, "local_files_disabled")
         assert "LOCAL_FILE_DIRS" in error["message"]
+        loopback = httpx.post(
+            f"{server.url}/asr", json={"url": f"{file_server}/{JFK.name}"}, timeout=30
+        )
+        assert "ALLOW_PRIVATE_URLS" in assert_error(loopback, 403, "url_not_allowed")["message"]
+        callback = httpx.post(
+            f"{server.url}/api/v1/transcribe",
+            files={"file": ("a.flac", JFK.read())},
+            data={"callback_url": "http://127.0.0.1:9/hook"},
+            timeout=30,
+        )
+        assert_error(callback, 400, "invalid_callback_url")
     finally:
         server.stop()
 

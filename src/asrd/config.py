@@ -135,6 +135,24 @@ class Settings(BaseSettings):
             "lets the decoder run to the model's own limit (448 tokens per 30 s window)."
         ),
     )
+    batch_wait_ms: float = Field(
+        20,
+        ge=0,
+        le=1000,
+        description=(
+            "How long the scheduler waits for windows of other requests to arrive before "
+            "starting a batch that isn't full (batching across requests)."
+        ),
+    )
+    encode_batch_size: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description=(
+            "Windows encoded per encoder call; 0: 1 on a CPU (where the encoder gets slower "
+            "per window in bigger batches), BATCH_SIZE on a GPU."
+        ),
+    )
     beam_size: int = Field(5, ge=1, le=16, description="Beam width of the decoder.")
     vad_filter: bool = Field(
         True,

@@ -8,27 +8,28 @@ instead of blocking HTTP.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import enum
 import gc
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import ctranslate2
 import numpy as np
-from faster_whisper import BatchedInferencePipeline, WhisperModel
-from faster_whisper.transcribe import get_compression_ratio
+from faster_whisper import WhisperModel
 
 from .audio import SAMPLE_RATE, decode_audio, probe_audio
 from .config import Settings
 from .models import canonical_name, choose_model_id, resolve_model
+from .scheduler import DecodedSegment, DecodeSettings, JobOptions, JobResult, Scheduler, new_job
 
 log = logging.getLogger(__name__)
 
@@ -42,10 +43,6 @@ class EngineState(enum.StrEnum):
 
 class EngineNotReady(Exception):
     """The model is not loaded (yet, or it failed to load)."""
-
-
-# Whisper's temperature schedule: 0 first, then higher when a window fails its checks.
-FALLBACK_TEMPERATURES = (0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 @dataclass(frozen=True)
@@ -135,7 +132,19 @@ class Engine:
         self.model_id = self._model_for(self.device)
         self.model_path: Path | None = None
         self._model: WhisperModel | None = None
-        self._pipeline: BatchedInferencePipeline | None = None
+        self.decode_settings = DecodeSettings(
+            batch_size=settings.batch_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            encode_batch_size=settings.encode_batch_size
+            or (1 if self.device.device == "cpu" else settings.batch_size),
+            beam_size=settings.beam_size,
+            chunk_length_s=settings.chunk_length_s,
+            vad_filter=settings.vad_filter,
+            compression_ratio_threshold=settings.compression_ratio_threshold,
+            log_prob_threshold=settings.log_prob_threshold,
+            no_speech_threshold=settings.no_speech_threshold,
+        )
+        self.scheduler = Scheduler(self.decode_settings)
         self._multilingual: bool | None = None
         # One inference worker: CTranslate2 already spreads one job over CPU_THREADS cores.
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-engine")
@@ -220,7 +229,7 @@ class Engine:
                                        else self.settings.compute_type)  # fmt: skip
             self.model_id = self._model_for(self.device)
             model = self._load_model(self.device, self.model_id)
-        self._model, self._pipeline = model, BatchedInferencePipeline(model)
+        self._model = self.scheduler.model = model
         self._multilingual = bool(model.model.is_multilingual)
         self._warm_up()
         self.state, self.loaded_once = EngineState.READY, True
@@ -253,7 +262,7 @@ class Engine:
     def _unload_sync(self) -> None:
         if self._active_jobs or self._model is None:
             return  # work arrived after the unload was scheduled
-        self._model = self._pipeline = None
+        self._model = self.scheduler.model = None
         gc.collect()
         self.state = EngineState.UNLOADED
         log.info("model unloaded after %s s idle", self.settings.unload_model_after_s)
@@ -328,56 +337,84 @@ class Engine:
 
     async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
         """The whole transcript, once every window is decoded."""
-        async with self._job():
-            loop = asyncio.get_running_loop()
-            return await loop.run_in_executor(self._worker, self.transcribe_sync, samples, options)
+        transcript = None
+        async for item in self.stream(samples, options, streaming=False):
+            transcript = item
+        assert isinstance(transcript, Transcript)
+        return transcript
 
     async def stream(
-        self, samples: np.ndarray, options: TranscribeOptions
+        self, samples: np.ndarray, options: TranscribeOptions, *, streaming: bool = True
     ) -> AsyncIterator[Segment | Transcript]:
-        """Segments as soon as they are decoded, then the whole `Transcript`.
+        """Segments as soon as their windows are decoded, then the whole `Transcript`.
 
-        Closing the iterator early (a client that went away) stops the work at the next window.
+        Closing the iterator early (a client that went away) stops the job at the next batch.
         """
         async with self._job():
-            async for item in self._stream(samples, options):
-                yield item
+            loop = asyncio.get_running_loop()
+            queue: asyncio.Queue[list[DecodedSegment] | concurrent.futures.Future] = asyncio.Queue()
 
-    async def _stream(
-        self, samples: np.ndarray, options: TranscribeOptions
-    ) -> AsyncIterator[Segment | Transcript]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue[Segment | Transcript | BaseException] = asyncio.Queue()
-        stop = threading.Event()
+            def on_segments(segments: list[DecodedSegment]) -> None:
+                loop.call_soon_threadsafe(queue.put_nowait, segments)
 
-        def on_segment(segment: Segment) -> None:
-            if stop.is_set():
-                raise _Stopped
-            loop.call_soon_threadsafe(queue.put_nowait, segment)
-
-        def work() -> None:
+            job = await loop.run_in_executor(
+                self._decoder,
+                new_job,
+                samples,
+                self._job_options(options),
+                self.decode_settings,
+                on_segments if streaming else None,
+            )
+            if streaming and options.batch_size:
+                job.max_per_batch = options.batch_size
+            job.future.add_done_callback(
+                lambda future: loop.call_soon_threadsafe(queue.put_nowait, future)
+            )
+            self.scheduler.submit(job)
+            clock = _Clock(len(samples) / SAMPLE_RATE)
+            placed: list[Segment] = []
             try:
-                result: Segment | Transcript | BaseException = self.transcribe_sync(
-                    samples, options, on_segment
-                )
-            except _Stopped:
-                return
-            except BaseException as exc:  # handed to the awaiting request, not lost
-                result = exc
-            loop.call_soon_threadsafe(queue.put_nowait, result)
+                while True:
+                    item = await queue.get()
+                    if isinstance(item, concurrent.futures.Future):
+                        if item.cancelled():
+                            raise EngineNotReady("the transcription was stopped")
+                        result: JobResult = item.result()  # raises the job's error
+                        if not streaming:
+                            for segment in result.segments:
+                                placed.append(clock.place(_segment(segment, len(placed))))
+                        yield self._transcript(result, placed, samples, options)
+                        return
+                    for decoded in item:
+                        segment = clock.place(_segment(decoded, len(placed)))
+                        placed.append(segment)
+                        yield segment
+            finally:
+                job.cancel()
 
-        future = loop.run_in_executor(self._worker, work)
-        try:
-            while True:
-                item = await queue.get()
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-                if isinstance(item, Transcript):
-                    break
-        finally:
-            stop.set()
-            future.cancel()  # if it hasn't started yet
+    def _job_options(self, options: TranscribeOptions) -> JobOptions:
+        return JobOptions(
+            language=options.language,
+            task=options.task,
+            word_timestamps=options.word_timestamps,
+            prompt=options.prompt,
+            temperature=options.temperature,
+        )
+
+    def _transcript(
+        self,
+        result: JobResult,
+        segments: list[Segment],
+        samples: np.ndarray,
+        options: TranscribeOptions,
+    ) -> Transcript:
+        return Transcript(
+            segments=[s for s in segments if s.text.strip()],
+            language=result.language,
+            duration=len(samples) / SAMPLE_RATE,
+            language_probability=result.language_probability,
+            task=options.task,
+        )
 
     def transcribe_sync(
         self,
@@ -385,149 +422,50 @@ class Engine:
         options: TranscribeOptions,
         on_segment: Callable[[Segment], None] | None = None,
     ) -> Transcript:
-        """Transcribe on this thread, calling `on_segment` with each segment as it is ready."""
-        if self._model is None:  # unloaded between scheduling and running: load it back
+        """Transcribe from a thread that isn't the scheduler's (CLI, warm-up), blocking;
+        `on_segment` gets each segment as soon as its window is decoded."""
+        if self._model is None:
             self.load_sync()
-        assert self._model is not None and self._pipeline is not None
-        settings = self.settings
-        duration = len(samples) / SAMPLE_RATE
-        language = options.language if self.multilingual else "en"
-        windows = None
-        if not settings.vad_filter:  # fixed windows instead of windows cut at pauses
-            step = settings.chunk_length_s
-            windows = [
-                {"start": start, "end": min(start + step, duration)}
-                for start in range(0, max(1, int(np.ceil(duration))), step)
-                if start < duration
-            ]
-        generated, info = self._pipeline.transcribe(
-            samples,
-            language=language,
-            task=options.task,
-            batch_size=options.batch_size or settings.batch_size,
-            beam_size=settings.beam_size,
-            temperature=options.temperature,
-            initial_prompt=options.prompt or None,
-            # Decoding with timestamps keeps Whisper from ending windows early, and gives
-            # sentence-level chunks instead of one chunk per 30 s window.
-            without_timestamps=False,
-            word_timestamps=options.word_timestamps,
-            vad_filter=settings.vad_filter,
-            clip_timestamps=windows,
-            chunk_length=settings.chunk_length_s,
-            log_progress=False,
-        )
-        language = info.language or language or "en"
-        kept: list[Segment] = []
-        clock = _Clock(duration)
-        for window in _by_window(generated):
-            for segment in self._checked(samples, window, options, language):
-                if not segment.text.strip():
-                    continue
-                segment.id = len(kept)
-                clock.place(segment)
-                kept.append(segment)
-                if on_segment:
-                    on_segment(segment)
-        return Transcript(
-            segments=kept,
-            language=language,
-            duration=duration,
-            language_probability=float(info.language_probability or 0.0),
-            task=options.task,
-        )
+        clock = _Clock(len(samples) / SAMPLE_RATE)
+        placed: list[Segment] = []
+        lock = threading.Lock()
 
-    def _checked(
-        self,
-        samples: np.ndarray,
-        window: list[Any],
-        options: TranscribeOptions,
-        language: str,
-    ) -> list[Segment]:
-        """One window's segments, after Whisper's own quality checks.
+        def on_segments(segments: list[DecodedSegment]) -> None:
+            with lock:
+                for decoded in segments:
+                    placed.append(clock.place(_segment(decoded, len(placed))))
+                    if on_segment:
+                        on_segment(placed[-1])
 
-        Silence (high no-speech probability and low log-prob) is dropped. A window that looks
-        like a decoding failure (repetitive text or low log-prob) is decoded again with the
-        temperature fallback, as the sequential pipeline does and the batched one doesn't.
-        """
-        settings = self.settings
-        segments = [_segment(s) for s in window]
-        first = segments[0]
-        if _is_silence(first, settings):
-            return []
-        text = "".join(s.text for s in segments)
-        failed = (
-            first.avg_logprob < settings.log_prob_threshold
-            or get_compression_ratio(text) > settings.compression_ratio_threshold
-        )
-        if not failed or options.temperature > 0:
-            return segments
-        start = max(0.0, min(s.start for s in segments) - 0.2)
-        end = min(len(samples) / SAMPLE_RATE, max(s.end for s in segments) + 0.2)
-        redone, _ = self._model.transcribe(
-            samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)],
-            language=language,
-            task=options.task,
-            beam_size=settings.beam_size,
-            temperature=FALLBACK_TEMPERATURES,
-            compression_ratio_threshold=settings.compression_ratio_threshold,
-            log_prob_threshold=settings.log_prob_threshold,
-            no_speech_threshold=settings.no_speech_threshold,
-            initial_prompt=options.prompt or None,
-            word_timestamps=options.word_timestamps,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        replacement = [_segment(s, offset=start, seek_offset=first.seek) for s in redone]
-        log.debug("window at %.1f s re-decoded with temperature fallback", start)
-        return [s for s in replacement if not _is_silence(s, settings)]
+        job = new_job(samples, self._job_options(options), self.decode_settings, on_segments)
+        result = self.scheduler.submit(job).future.result()
+        return self._transcript(result, placed, samples, options)
 
     def close(self) -> None:
+        self.scheduler.stop()
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._decoder.shutdown(wait=False, cancel_futures=True)
 
 
-class _Stopped(Exception):
-    """The streaming consumer went away."""
-
-
-def _by_window(generated: Iterable[Any]) -> Iterator[list[Any]]:
-    """Group the pipeline's segments by the window (`seek`) they were decoded in."""
-    window: list[Any] = []
-    for segment in generated:
-        if window and segment.seek != window[0].seek:
-            yield window
-            window = []
-        window.append(segment)
-    if window:
-        yield window
-
-
-def _segment(raw: Any, offset: float = 0.0, seek_offset: int = 0) -> Segment:
+def _segment(decoded: DecodedSegment, index: int) -> Segment:
     words = None
-    if raw.words is not None:
+    if decoded.words is not None:
         words = [
-            Word(w.start + offset, w.end + offset, w.word, float(w.probability)) for w in raw.words
+            Word(float(w["start"]), float(w["end"]), w["word"], float(w["probability"]))
+            for w in decoded.words
         ]
     return Segment(
-        start=float(raw.start) + offset,
-        end=float(raw.end) + offset,
-        text=raw.text,
-        seek=int(raw.seek) + seek_offset,
-        tokens=list(raw.tokens),
-        temperature=float(raw.temperature or 0.0),
-        avg_logprob=float(raw.avg_logprob),
-        compression_ratio=float(raw.compression_ratio),
-        no_speech_prob=float(raw.no_speech_prob),
+        start=decoded.start,
+        end=decoded.end,
+        text=decoded.text,
+        id=index,
+        seek=decoded.seek,
+        tokens=decoded.tokens,
+        temperature=decoded.temperature,
+        avg_logprob=decoded.avg_logprob,
+        compression_ratio=decoded.compression_ratio,
+        no_speech_prob=decoded.no_speech_prob,
         words=words,
-    )
-
-
-def _is_silence(segment: Segment, settings: Settings) -> bool:
-    """Whisper's rule: likely no speech, and not confidently decoded text either."""
-    return (
-        segment.no_speech_prob > settings.no_speech_threshold
-        and segment.avg_logprob < settings.log_prob_threshold
     )
 
 
@@ -540,7 +478,7 @@ class _Clock:
     def clamp(self, value: float, low: float) -> float:
         return round(min(max(value, low), self.duration), 3)
 
-    def place(self, segment: Segment) -> None:
+    def place(self, segment: Segment) -> Segment:
         segment.start = self.clamp(segment.start, self.previous_end)
         segment.end = self.clamp(segment.end, segment.start)
         if segment.words:
@@ -550,3 +488,4 @@ class _Clock:
                 word.end = self.clamp(min(word.end, segment.end), word.start)
                 low = word.end
         self.previous_end = segment.end
+        return segment

@@ -1,0 +1,552 @@
+"""The decoding scheduler: windows from every request, batched together, checked like the
+sequential pipeline checks them.
+
+Each request's audio is cut into windows of at most 30 s at speech pauses (Silero VAD). One
+thread decodes them in batches of up to `BATCH_SIZE`, taking windows round-robin across the
+requests waiting (a short request is not stuck behind a long file), after a short gathering
+wait (`BATCH_WAIT_MS`). Windows are decoded *with* timestamps, then checked:
+
+- silence (high no-speech probability and low log-probability) gives no text;
+- a failed decoding (compression ratio over 2.4, or mean log-probability under -1) is decoded
+  again at the next fallback temperature, batched with the other failures;
+- coverage: speech that VAD found inside the window but no decoded segment covers (Whisper
+  ending a window early, or skipping an utterance: the batched pipeline's lost words) is cut
+  out and decoded again in a new window.
+
+Results are put back in order per request, with absolute timestamps, and handed out window by
+window as they complete (streaming).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
+from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+from .audio import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+WINDOW_S = 30.0
+N_FRAMES = 3000  # mel frames in a 30 s window
+FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+MAX_GAP_S = 2.0  # a longer pause starts a new window (the silence isn't decoded)
+COVERAGE_SLACK_S = 0.3  # speech this close to a decoded segment counts as covered
+MIN_UNCOVERED_S = 0.5  # uncovered speech pieces shorter than this are ignored
+MIN_UNCOVERED_TOTAL_S = 0.8  # a window needs this much uncovered speech for a second pass
+PAD_S = 0.25
+
+
+@dataclass(frozen=True)
+class DecodeSettings:
+    batch_size: int = 16
+    batch_wait_ms: float = 20.0
+    encode_batch_size: int = 1
+    beam_size: int = 5
+    best_of: int = 5
+    chunk_length_s: float = WINDOW_S
+    vad_filter: bool = True
+    compression_ratio_threshold: float = 2.4
+    log_prob_threshold: float = -1.0
+    no_speech_threshold: float = 0.6
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    language: str | None = None
+    task: str = "transcribe"
+    word_timestamps: bool = False
+    prompt: str | None = None
+    temperature: float = 0.0  # 0: the fallback schedule; above 0: that temperature only
+
+
+@dataclass
+class DecodedSegment:
+    start: float
+    end: float
+    text: str
+    seek: int
+    tokens: list[int]
+    temperature: float
+    avg_logprob: float
+    compression_ratio: float
+    no_speech_prob: float
+    words: list[dict] | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    segments: list[DecodedSegment]
+    language: str
+    language_probability: float
+
+
+@dataclass(eq=False)
+class Window:
+    job: Job
+    start: float  # seconds, in the request's audio
+    end: float
+    speech: list[tuple[float, float]]
+    parent: Window | None = None
+    children: list[Window] = field(default_factory=list)
+    temperature_index: int = 0
+    candidates: list[tuple[dict, list[DecodedSegment]]] = field(default_factory=list)
+    final: list[DecodedSegment] | None = None
+
+    @property
+    def complete(self) -> bool:
+        return self.final is not None and all(child.complete for child in self.children)
+
+    def segments(self) -> list[DecodedSegment]:
+        found = list(self.final or [])
+        for child in self.children:
+            found += child.segments()
+        return sorted(found, key=lambda s: s.start)
+
+
+@dataclass(eq=False)
+class Job:
+    samples: np.ndarray
+    options: JobOptions
+    windows: list[Window]
+    on_segments: Callable[[list[DecodedSegment]], None] | None = None
+    future: concurrent.futures.Future = field(default_factory=concurrent.futures.Future)
+    pending: deque[Window] = field(default_factory=deque)
+    language: str | None = None
+    language_probability: float = 1.0
+    tokenizer: Tokenizer | None = None
+    emitted: int = 0
+    results: list[DecodedSegment] = field(default_factory=list)
+    cancelled: bool = False
+    max_per_batch: int | None = None  # streamed jobs: smaller bites, so text comes out sooner
+
+    def cancel(self) -> None:
+        """Stop at the next batch; the future is cancelled."""
+        self.cancelled = True
+
+    def window_at(self, start: float, end: float, speech: list[tuple[float, float]]) -> Window:
+        return Window(self, start, end, speech)
+
+
+def speech_windows(
+    samples: np.ndarray, settings: DecodeSettings
+) -> list[tuple[float, float, list]]:
+    """(start, end, speech spans) of the windows to decode, in seconds, in order.
+
+    With VAD: speech spans packed into windows of at most `chunk_length_s`, a new window at
+    each pause over `MAX_GAP_S` (long silences are never decoded). Without: fixed windows.
+    """
+    duration = len(samples) / SAMPLE_RATE
+    limit = min(settings.chunk_length_s, WINDOW_S)
+    if not settings.vad_filter:
+        starts = np.arange(0, duration, limit)
+        return [(s, min(s + limit, duration), [(s, min(s + limit, duration))]) for s in starts]
+    vad = VadOptions(max_speech_duration_s=limit, min_silence_duration_ms=160)
+    spans = [
+        (chunk["start"] / SAMPLE_RATE, chunk["end"] / SAMPLE_RATE)
+        for chunk in get_speech_timestamps(samples, vad)
+    ]
+    return pack_spans(spans, limit, duration)
+
+
+def pack_spans(
+    spans: list[tuple[float, float]], limit: float, duration: float
+) -> list[tuple[float, float, list]]:
+    windows: list[tuple[float, float, list]] = []
+    for start, end in spans:
+        while end - start > limit:  # VAD already splits at the limit; be safe anyway
+            windows.append((start, start + limit, [(start, start + limit)]))
+            start += limit
+        if windows:
+            w_start, w_end, w_speech = windows[-1]
+            if end - w_start <= limit and start - w_end <= MAX_GAP_S:
+                windows[-1] = (w_start, max(w_end, end), [*w_speech, (start, end)])
+                continue
+        windows.append((start, end, [(start, end)]))
+    return [(round(s, 2), min(round(e, 2), duration), sp) for s, e, sp in windows]
+
+
+def uncovered(window: Window, segments: list[DecodedSegment]) -> list[tuple[float, float]]:
+    """The window's speech that none of `segments` covers (pieces of MIN_UNCOVERED_S or more)."""
+    covered = sorted((s.start - COVERAGE_SLACK_S, s.end + COVERAGE_SLACK_S) for s in segments)
+    pieces = []
+    for start, end in window.speech:
+        cursor = start
+        for c_start, c_end in covered:
+            if c_end <= cursor or c_start >= end:
+                continue
+            if c_start > cursor:
+                pieces.append((cursor, c_start))
+            cursor = max(cursor, c_end)
+        if cursor < end:
+            pieces.append((cursor, end))
+    return [(s, e) for s, e in pieces if e - s >= MIN_UNCOVERED_S]
+
+
+class Scheduler:
+    """The one thread that runs the model: batches of windows from every job."""
+
+    def __init__(self, settings: DecodeSettings):
+        self.settings = settings
+        self.model: WhisperModel | None = None
+        self._jobs: list[Job] = []
+        self._intake: deque[Job] = deque()
+        self._wakeup = threading.Condition()
+        self._rotation = 0
+        self._stopped = False
+        self.batches = 0
+        self.batch_windows = 0
+        self._thread = threading.Thread(target=self._run, name="asrd-scheduler", daemon=True)
+        self._thread.start()
+
+    # --- called from other threads -----------------------------------------------------------
+
+    def submit(self, job: Job) -> Job:
+        with self._wakeup:
+            self._intake.append(job)
+            self._wakeup.notify()
+        return job
+
+    def stop(self) -> None:
+        with self._wakeup:
+            self._stopped = True
+            self._wakeup.notify()
+
+    # --- the scheduler thread ----------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._stopped and not self._intake and not self._has_work():
+                    self._wakeup.wait()
+                if self._stopped:
+                    break
+                if (
+                    self.settings.batch_wait_ms
+                    and self._intake
+                    and self._ready_count() < (self.settings.batch_size)
+                ):
+                    # New work arrived: give its neighbours a moment to arrive too.
+                    self._wakeup.wait(self.settings.batch_wait_ms / 1000)
+                arrived = list(self._intake)
+                self._intake.clear()
+            for job in arrived:
+                self._admit(job)
+            batch = self._pick_batch()
+            if batch:
+                self._decode(batch)
+        for job in self._jobs + list(self._intake):
+            job.future.cancel()
+
+    def _has_work(self) -> bool:
+        return any(job.pending for job in self._jobs)
+
+    def _ready_count(self) -> int:
+        return sum(len(job.pending) for job in self._jobs)
+
+    def _admit(self, job: Job) -> None:
+        if job.cancelled:
+            job.future.cancel()
+            return
+        try:
+            self._prepare(job)
+        except Exception as exc:  # the job's fault or the model's: fail it, not the thread
+            log.exception("a transcription job failed to start")
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        if not job.windows:
+            self._finish(job)
+            return
+        job.pending.extend(job.windows)
+        self._jobs.append(job)
+
+    def _prepare(self, job: Job) -> None:
+        model = self._model()
+        multilingual = model.model.is_multilingual
+        language = job.options.language if multilingual else "en"
+        if language is None and job.windows:
+            first = job.windows[0]
+            features = self._features(job.samples, first.start, first.end)
+            language, job.language_probability, _ = model.detect_language(features=features)
+        job.language = language or "en"
+        job.tokenizer = Tokenizer(
+            model.hf_tokenizer, multilingual, task=job.options.task, language=job.language
+        )
+
+    def _model(self) -> WhisperModel:
+        if self.model is None:
+            raise RuntimeError("the model is not loaded")
+        return self.model
+
+    def _features(self, samples: np.ndarray, start: float, end: float) -> np.ndarray:
+        model = self._model()
+        chunk = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+        padding = max(0, int(WINDOW_S * SAMPLE_RATE) - len(chunk)) + 160
+        features = model.feature_extractor(chunk, padding=padding)
+        return features[:, :N_FRAMES]
+
+    def _key(self, window: Window) -> tuple:
+        job = window.job
+        return (job.language, job.options.task, job.options.word_timestamps,
+                self._temperature(window))  # fmt: skip
+
+    def _temperature(self, window: Window) -> float:
+        if window.job.options.temperature > 0:
+            return window.job.options.temperature
+        return FALLBACK_TEMPERATURES[window.temperature_index]
+
+    def _pick_batch(self) -> list[Window]:
+        """Round-robin across jobs, one window each per round, all with the same key."""
+        self._jobs = [job for job in self._jobs if not self._drop_if_cancelled(job)]
+        active = [job for job in self._jobs if job.pending]
+        if not active:
+            return []
+        self._rotation %= len(active)
+        order = active[self._rotation :] + active[: self._rotation]
+        self._rotation += 1
+        key = self._key(order[0].pending[0])
+        batch: list[Window] = []
+        taken = dict.fromkeys(order, 0)
+        taking = True
+        while taking and len(batch) < self.settings.batch_size:
+            taking = False
+            for job in order:
+                if not job.pending or self._key(job.pending[0]) != key:
+                    continue
+                if job.max_per_batch is not None and taken[job] >= job.max_per_batch:
+                    continue
+                batch.append(job.pending.popleft())
+                taken[job] += 1
+                taking = True
+                if len(batch) == self.settings.batch_size:
+                    break
+        return batch
+
+    def _drop_if_cancelled(self, job: Job) -> bool:
+        if job.cancelled or job.future.done():  # cancelled, or failed in an earlier batch
+            job.cancelled = True
+            job.pending.clear()
+            job.future.cancel()
+        return job.cancelled
+
+    def _decode(self, batch: list[Window]) -> None:
+        try:
+            outputs = self._generate(batch)
+        except Exception as exc:
+            log.exception("decoding a batch of %d windows failed", len(batch))
+            for job in {window.job for window in batch}:
+                job.cancelled = True
+                if not job.future.done():
+                    job.future.set_exception(exc)
+            return
+        self.batches += 1
+        self.batch_windows += len(batch)
+        for window, (output, segments) in zip(batch, outputs, strict=True):
+            try:
+                self._check(window, output, segments)
+            except Exception as exc:
+                log.exception("checking a window failed")
+                if not window.job.future.done():
+                    window.job.future.set_exception(exc)
+                window.job.cancelled = True
+        for job in {window.job for window in batch}:
+            if not job.cancelled:
+                self._emit(job)
+
+    def _generate(self, batch: list[Window]) -> list[tuple[dict, list[DecodedSegment]]]:
+        model = self._model()
+        first = batch[0].job
+        tokenizer = first.tokenizer
+        assert tokenizer is not None
+        temperature = self._temperature(batch[0])
+        features = np.stack([self._features(w.job.samples, w.start, w.end) for w in batch])
+        encoder_output = self._encode(features)
+        prompts = []
+        for window in batch:
+            previous = []
+            if window.job.options.prompt:
+                previous = tokenizer.encode(" " + window.job.options.prompt.strip())
+            prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
+        if temperature > 0:
+            sampling = dict(beam_size=1, num_hypotheses=self.settings.best_of,
+                            sampling_topk=0, sampling_temperature=temperature)  # fmt: skip
+        else:
+            sampling = dict(beam_size=self.settings.beam_size)
+        results = model.model.generate(
+            encoder_output,
+            prompts,
+            length_penalty=1,
+            max_length=model.max_length,
+            suppress_blank=True,
+            suppress_tokens=get_suppressed_tokens(tokenizer, [-1]),
+            return_scores=True,
+            return_no_speech_prob=True,
+            max_initial_timestamp_index=int(1.0 / model.time_precision),
+            **sampling,
+        )
+        outputs = []
+        per_window_segments = []
+        for window, result in zip(batch, results, strict=True):
+            tokens = result.sequences_ids[0]
+            avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
+            text_tokens = [t for t in tokens if t < tokenizer.eot]
+            output = dict(
+                tokens=tokens,
+                avg_logprob=avg_logprob,
+                no_speech_prob=result.no_speech_prob,
+                compression_ratio=get_compression_ratio(tokenizer.decode(text_tokens).strip()),
+            )
+            duration = window.end - window.start
+            seek = round(window.start * model.frames_per_second)
+            subsegments, _, _ = model._split_segments_by_timestamps(
+                tokenizer=tokenizer,
+                tokens=tokens,
+                time_offset=seek / model.frames_per_second,
+                segment_size=int(np.ceil(duration) * model.frames_per_second),
+                segment_duration=duration,
+                seek=seek,
+            )
+            outputs.append(output)
+            per_window_segments.append(subsegments)
+        if first.options.word_timestamps:
+            model.add_word_timestamps(
+                per_window_segments,
+                tokenizer,
+                encoder_output,
+                [int(np.ceil(w.end - w.start) * model.frames_per_second) for w in batch],
+                "\"'“¿([{-",
+                "\"'.。,，!！?？:：”)]}、",  # noqa: RUF001 (Whisper's own punctuation)
+                0.0,
+            )
+        decoded = []
+        for window, output, subsegments in zip(batch, outputs, per_window_segments, strict=True):
+            segments = []
+            for sub in subsegments:
+                text = tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot])
+                if not text.strip():
+                    continue
+                segments.append(
+                    DecodedSegment(
+                        start=min(max(sub["start"], window.start), window.end),
+                        end=min(max(sub["end"], window.start), window.end),
+                        text=text,
+                        seek=sub["seek"],
+                        tokens=list(sub["tokens"]),
+                        temperature=temperature,
+                        avg_logprob=float(output["avg_logprob"]),
+                        compression_ratio=get_compression_ratio(text),
+                        no_speech_prob=float(output["no_speech_prob"]),
+                        words=sub.get("words"),
+                    )
+                )
+            decoded.append((output, segments))
+        return decoded
+
+    def _encode(self, features: np.ndarray) -> ctranslate2.StorageView:
+        model = self._model()
+        step = self.settings.encode_batch_size
+        if step >= len(features) or model.model.device != "cpu":
+            return model.encode(features)
+        # On a CPU the encoder gets slower per window in bigger batches; the decoder doesn't.
+        parts = [
+            np.array(model.encode(features[i : i + step])) for i in range(0, len(features), step)
+        ]
+        return ctranslate2.StorageView.from_array(np.concatenate(parts))
+
+    def _check(self, window: Window, output: dict, segments: list[DecodedSegment]) -> None:
+        settings = self.settings
+        silence = (
+            output["no_speech_prob"] > settings.no_speech_threshold
+            and output["avg_logprob"] < settings.log_prob_threshold
+        )
+        if silence:
+            window.final = []
+            return
+        failed = (
+            output["compression_ratio"] > settings.compression_ratio_threshold
+            or output["avg_logprob"] < settings.log_prob_threshold
+        )
+        window.candidates.append((output, segments))
+        can_retry = window.job.options.temperature == 0 and window.temperature_index + 1 < len(
+            FALLBACK_TEMPERATURES
+        )
+        if failed and can_retry:
+            window.temperature_index += 1
+            window.job.pending.appendleft(window)  # next batch, at the next temperature
+            return
+        if failed:  # every temperature failed: keep the best, as Whisper does
+            passable = [
+                c for c in window.candidates
+                if c[0]["compression_ratio"] <= settings.compression_ratio_threshold
+            ] or window.candidates  # fmt: skip
+            output, segments = max(passable, key=lambda c: c[0]["avg_logprob"])
+        window.final = segments
+        window.candidates = []
+        if window.parent is None:
+            self._cover(window, segments)
+
+    def _cover(self, window: Window, segments: list[DecodedSegment]) -> None:
+        """Decode again the speech this window's result left out."""
+        pieces = uncovered(window, segments)
+        if sum(e - s for s, e in pieces) < MIN_UNCOVERED_TOTAL_S:
+            return
+        padded = [(max(window.start, s - PAD_S), min(window.end, e + PAD_S)) for s, e in pieces]
+        for start, end, speech in pack_spans(padded, WINDOW_S, window.end):
+            child = Window(window.job, start, end, speech, parent=window)
+            window.children.append(child)
+            window.job.pending.appendleft(child)
+        log.debug("%d uncovered speech pieces queued for a second pass", len(pieces))
+
+    def _emit(self, job: Job) -> None:
+        ready = []
+        while job.emitted < len(job.windows) and job.windows[job.emitted].complete:
+            ready += job.windows[job.emitted].segments()
+            job.emitted += 1
+        if ready:
+            job.results += ready
+            if job.on_segments is not None:
+                job.on_segments(ready)
+        if job.emitted == len(job.windows):
+            self._finish(job)
+
+    def _finish(self, job: Job) -> None:
+        if job in self._jobs:
+            self._jobs.remove(job)
+        if not job.future.done():
+            job.future.set_result(
+                JobResult(job.results, job.language or "en", job.language_probability)
+            )
+
+
+def new_job(
+    samples: np.ndarray,
+    options: JobOptions,
+    settings: DecodeSettings,
+    on_segments: Callable[[list[DecodedSegment]], None] | None = None,
+) -> Job:
+    """A job with its windows cut (VAD runs here: call it off the event loop)."""
+    job = Job(samples=samples, options=options, windows=[], on_segments=on_segments)
+    job.windows = [job.window_at(s, e, sp) for s, e, sp in speech_windows(samples, settings)]
+    return job
+
+
+__all__ = [
+    "DecodeSettings",
+    "DecodedSegment",
+    "Job",
+    "JobOptions",
+    "JobResult",
+    "Scheduler",
+    "new_job",
+]
