@@ -2,62 +2,27 @@
 
     python bench/long.py --model tiny.en
     python bench/long.py --model base
+    python bench/long.py --model base --url http://peer:8000 --flavor openai   # another server
 
 Builds a ~5 minute file from the real English clips in tests/data (0.75 s gaps, repeated),
-then transcribes it with faster-whisper sequential, faster-whisper batched (16), and a live
-`asrd serve` over HTTP. Prints realtime multiples, WER and the ratios, and writes
-bench/results/long-<model>.json stamped with the machine and versions.
+transcribes it with faster-whisper sequential and batched (16), each in its own process, and
+with a live `asrd serve` over HTTP (or the server at --url). Prints realtime multiples, WER,
+peak RSS and the ratios; writes bench/results/long-<model>.json and a PNG chart.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import platform
+import resource
 import statistics
 import subprocess
 import sys
 import time
-from importlib.metadata import version
 from pathlib import Path
 
-import httpx
-import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests"))
-
-from asrd.models import resolve_model  # noqa: E402
-
-from conftest import AsrdServer, encode, long_english_audio, wer  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
-
-
-def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = None
-    with contextlib.suppress(OSError, subprocess.SubprocessError):
-        gpu = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=10,
-        ).stdout.strip() or None  # fmt: skip
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "gpu": gpu,
-        "python": platform.python_version(),
-        "versions": {p: version(p) for p in ("asrd", "faster-whisper", "ctranslate2")},
-    }
+from common import RESULTS, Target, encode, long_audio, machine, peak_rss_mb, wer
 
 
 def timed(fn, runs: int) -> tuple[float, str]:
@@ -69,30 +34,47 @@ def timed(fn, runs: int) -> tuple[float, str]:
     return statistics.median(times), text
 
 
-def measure_library(model_id: str, threads: int, samples, reference: str, runs: int) -> dict:
-    """faster-whisper used directly, as its README shows: sequential, and batched (16)."""
+def library_run(mode: str, model_id: str, threads: int, min_seconds: float, runs: int) -> dict:
+    """faster-whisper used directly, as its README shows (run in a child process)."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
-    duration = len(samples) / 16000
+    from asrd.models import resolve_model
+
+    samples, reference = long_audio(min_seconds)
     path = resolve_model(model_id, Path.home() / ".cache" / "asrd", allow_download=False)
-    model = WhisperModel(str(path), device="cpu", compute_type="int8", cpu_threads=threads)
+    model = WhisperModel(str(path), device="auto", compute_type="default", cpu_threads=threads)
     batched = BatchedInferencePipeline(model)
-    audio = samples.astype(np.float32)
 
-    def sequential() -> str:
-        segments, _ = model.transcribe(audio, beam_size=5)
+    def run() -> str:
+        if mode == "sequential":
+            segments, _ = model.transcribe(samples, beam_size=5)
+        else:
+            segments, _ = batched.transcribe(samples, batch_size=16, beam_size=5)
         return " ".join(s.text for s in segments)
 
-    def batched16() -> str:
-        segments, _ = batched.transcribe(audio, batch_size=16, beam_size=5)
-        return " ".join(s.text for s in segments)
+    seconds, text = timed(run, runs)
+    duration = len(samples) / 16000
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"seconds": seconds, "xrt": duration / seconds, "wer": wer(reference, text),
+            "peak_rss_mb": peak}  # fmt: skip
 
-    results = {}
-    systems = {"faster-whisper sequential": sequential, "faster-whisper batched16": batched16}
-    for name, fn in systems.items():
-        seconds, text = timed(fn, runs)
-        results[name] = {"seconds": seconds, "xrt": duration / seconds, "wer": wer(reference, text)}
-    return results
+
+def chart(results: dict, title: str, target: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(results)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    left.barh(names, [results[n]["xrt"] for n in names], color="#4c72b0")
+    left.set_xlabel("realtime multiple (higher is better)")
+    right.barh(names, [results[n]["wer"] * 100 for n in names], color="#dd8452")
+    right.set_xlabel("WER % (lower is better)")
+    right.set_yticks([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(target, dpi=110)
 
 
 def main() -> None:
@@ -101,64 +83,71 @@ def main() -> None:
     parser.add_argument("--min-seconds", type=float, default=300)
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--url", help="benchmark this server instead of starting asrd")
+    parser.add_argument("--flavor", choices=["openai", "asr"], default="asr")
+    parser.add_argument("--library", choices=["sequential", "batched16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
-    repeats = 1
-    samples, reference = long_english_audio(repeats=repeats)
-    while len(samples) / 16000 < args.min_seconds:
-        repeats += 1
-        samples, reference = long_english_audio(repeats=repeats)
+    if args.library:  # child process: one library configuration, result as JSON
+        result = library_run(args.library, args.model, args.threads, args.min_seconds, args.runs)
+        print(json.dumps(result))
+        return
+
+    samples, reference = long_audio(args.min_seconds)
     duration = len(samples) / 16000
-    flac = encode(samples, "flac")
     print(f"audio: {duration:.1f} s, {len(reference.split())} reference words, model {args.model}")
+    results = {}
+    for mode in ("sequential", "batched16"):
+        child = subprocess.run(
+            [sys.executable, __file__, "--library", mode, "--model", args.model,
+             "--threads", str(args.threads), "--min-seconds", str(args.min_seconds),
+             "--runs", str(args.runs)],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        results[f"faster-whisper {mode}"] = json.loads(child.stdout.strip().splitlines()[-1])
 
-    results = measure_library(args.model, args.threads, samples, reference, args.runs)
-
-    log = RESULTS / f"asrd-{args.model}.log"
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    server = AsrdServer({"MODEL_ID": args.model, "CPU_THREADS": str(args.threads),
-                         "LOG_LEVEL": "WARNING"}, log)  # fmt: skip
+    flac = encode(samples, "flac")
+    name = "asrd /asr (HTTP)" if args.url is None else f"{args.url} ({args.flavor})"
+    target = Target(args.url, args.flavor, args.model, {"CPU_THREADS": str(args.threads)})
     try:
-        server.wait_ready()
-        with httpx.Client(base_url=server.url, timeout=3600) as client:
-
-            def via_http() -> str:
-                response = client.post("/asr", content=flac)
-                response.raise_for_status()
-                return response.json()["text"]
-
-            seconds, text = timed(via_http, args.runs)
-        results["asrd /asr (HTTP)"] = {
-            "seconds": seconds, "xrt": duration / seconds, "wer": wer(reference, text),
-        }  # fmt: skip
+        seconds, text = timed(lambda: target.transcribe(flac), args.runs)
+        peak = peak_rss_mb(target.pid) if target.pid else None
     finally:
-        server.stop()
+        target.close()
+    results[name] = {"seconds": seconds, "xrt": duration / seconds, "wer": wer(reference, text),
+                     "peak_rss_mb": peak}  # fmt: skip
 
-    print(f"{'system':28} {'xRT':>7} {'WER':>7}")
-    for name, row in results.items():
-        print(f"{name:28} {row['xrt']:6.1f}x {row['wer'] * 100:6.1f}%")
-    asrd = results["asrd /asr (HTTP)"]
+    print(f"{'system':30} {'xRT':>7} {'WER':>7} {'peak RSS':>9}")
+    for system, row in results.items():
+        rss = f"{row['peak_rss_mb']:.0f} MB" if row["peak_rss_mb"] else "-"
+        print(f"{system:30} {row['xrt']:6.1f}x {row['wer'] * 100:6.1f}% {rss:>9}")
+    ours = results[name]
     ratios = {
-        "xrt_vs_batched16": asrd["xrt"] / results["faster-whisper batched16"]["xrt"],
-        "xrt_vs_sequential": asrd["xrt"] / results["faster-whisper sequential"]["xrt"],
-        "wer_minus_sequential_points": (asrd["wer"] - results["faster-whisper sequential"]["wer"])
+        "xrt_vs_batched16": ours["xrt"] / results["faster-whisper batched16"]["xrt"],
+        "xrt_vs_sequential": ours["xrt"] / results["faster-whisper sequential"]["xrt"],
+        "wer_minus_sequential_points": (ours["wer"] - results["faster-whisper sequential"]["wer"])
         * 100,
     }
     print(json.dumps(ratios, indent=1))
+    stamp = machine()
     out = {
         "benchmark": "long",
         "model": args.model,
         "audio_seconds": duration,
         "reference_words": len(reference.split()),
         "runs": args.runs,
-        "machine": machine(),
+        "machine": stamp,
         "results": results,
         "ratios": ratios,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
-    target = RESULTS / f"long-{args.model}.json"
-    target.write_text(json.dumps(out, indent=2))
-    print(f"wrote {target}")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.url is None else "-peer"
+    (RESULTS / f"long-{args.model}{suffix}.json").write_text(json.dumps(out, indent=2))
+    title = (f"{duration:.0f} s of real speech, {args.model}, {stamp['cpu']} x{stamp['cores']}"
+             f"{', ' + stamp['gpu'] if stamp['gpu'] else ''}")  # fmt: skip
+    chart(results, title, RESULTS / f"long-{args.model}{suffix}.png")
+    print(f"wrote {RESULTS}/long-{args.model}{suffix}.json and .png")
 
 
 if __name__ == "__main__":

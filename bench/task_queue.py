@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from long import machine  # noqa: E402
+from common import machine  # noqa: E402
 
 from conftest import CLIPS, AsrdServer, wer  # noqa: E402
 

@@ -1,0 +1,105 @@
+"""Shared by the benchmark scripts: the machine stamp, test audio, targets (asrd or a peer)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from conftest import CLIPS, AsrdServer, encode, long_english_audio, wer  # noqa: E402
+
+__all__ = ["CLIPS", "RESULTS", "ROOT", "AsrdServer", "encode", "long_english_audio", "wer"]
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    gpu = None
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        gpu = subprocess.run(
+            ["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+            capture_output=True, text=True, timeout=10,
+        ).stdout.strip() or None  # fmt: skip
+    versions = {}
+    for package in ("asrd", "faster-whisper", "ctranslate2"):
+        with contextlib.suppress(PackageNotFoundError):
+            versions[package] = version(package)
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "gpu": gpu,
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def long_audio(min_seconds: float) -> tuple:
+    """Real English clips joined with 0.75 s gaps, repeated to at least `min_seconds`."""
+    repeats = 1
+    samples, reference = long_english_audio(repeats=repeats)
+    while len(samples) / 16000 < min_seconds:
+        repeats += 1
+        samples, reference = long_english_audio(repeats=repeats)
+    return samples, reference
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory so far (VmHWM)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Target:
+    """Where requests go: a fresh `asrd serve` (default) or any server given by URL.
+
+    `flavor` is `openai` (multipart to /v1/audio/transcriptions) or `asr` (raw body to /asr).
+    """
+
+    def __init__(self, url: str | None, flavor: str, model: str, env: dict | None = None):
+        self.flavor, self.server = flavor, None
+        if url is None:
+            RESULTS.mkdir(parents=True, exist_ok=True)
+            env = {"MODEL_ID": model, "LOG_LEVEL": "WARNING", **(env or {})}
+            self.server = AsrdServer(env, RESULTS / f"asrd-{model}.log")
+            self.server.wait_ready()
+            url = self.server.url
+        self.url = url.rstrip("/")
+        self.model = model
+        self.http = httpx.Client(base_url=self.url, timeout=3600)
+
+    @property
+    def pid(self) -> int | None:
+        return self.server.process.pid if self.server else None
+
+    def transcribe(self, audio: bytes, name: str = "audio.flac") -> str:
+        if self.flavor == "asr":
+            response = self.http.post("/asr", content=audio)
+        else:
+            response = self.http.post(
+                "/v1/audio/transcriptions",
+                files={"file": (name, audio)},
+                data={"model": self.model, "response_format": "json"},
+            )
+        response.raise_for_status()
+        return response.json()["text"]
+
+    def close(self) -> None:
+        self.http.close()
+        if self.server:
+            self.server.stop()

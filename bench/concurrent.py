@@ -1,0 +1,135 @@
+"""Concurrency benchmark: real short clips at 1, 4 and 8 concurrent clients, over HTTP.
+
+    python bench/concurrent.py --model tiny.en
+    python bench/concurrent.py --model base --url http://peer:8000 --flavor openai   # a peer
+
+Reports, per concurrency: audio seconds transcribed per wall second, p50/p95 latency, WER.
+Then the mixed case: a ~5 s clip's latency with 8 clients while a long file is also being
+transcribed, against that clip's 1-client latency. Writes bench/results/concurrent-<model>.json
+and a PNG chart.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from common import CLIPS, RESULTS, Target, encode, long_audio, machine, wer
+
+VARIANT_TAGS = ("transcoded", "_8k", "_44k", "law", "_16k")
+SHORT = [
+    c
+    for c in CLIPS.values()
+    if c.language == "en" and c.duration < 12 and not any(t in c.name for t in VARIANT_TAGS)
+]
+FIVE_SECONDS = CLIPS["en_ls_1272-128104-0000.wav"]  # 5.9 s
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def run_level(target: Target, clips: list, concurrency: int) -> dict:
+    latencies: list[float] = []
+    texts: list[str] = [""] * len(clips)
+
+    def one(index: int) -> None:
+        started = time.perf_counter()
+        texts[index] = target.transcribe(clips[index].read(), clips[index].name)
+        latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(one, range(len(clips))))
+    wall = time.perf_counter() - started
+    audio = sum(c.duration for c in clips)
+    reference = " ".join(c.transcript for c in clips)
+    return {
+        "concurrency": concurrency,
+        "requests": len(clips),
+        "audio_per_wall_second": audio / wall,
+        "p50_s": statistics.median(latencies),
+        "p95_s": percentile(latencies, 95),
+        "wer": wer(reference, " ".join(texts)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="tiny.en")
+    parser.add_argument("--requests", type=int, default=32)
+    parser.add_argument("--url", help="benchmark this server instead of starting asrd")
+    parser.add_argument("--flavor", choices=["openai", "asr"], default="asr")
+    args = parser.parse_args()
+
+    clips = [SHORT[i % len(SHORT)] for i in range(args.requests)]
+    target = Target(args.url, args.flavor, args.model)
+    try:
+        target.transcribe(clips[0].read())  # warm
+        levels = [run_level(target, clips, c) for c in (1, 4, 8)]
+        alone = [run_level(target, [FIVE_SECONDS] * 5, 1)["p50_s"]]
+
+        samples, _ = long_audio(300)
+        long_file = encode(samples, "flac")
+        busy = threading.Thread(target=target.transcribe, args=(long_file,))
+        busy.start()
+        time.sleep(1.0)  # the long file is being decoded
+        mixed = run_level(target, [FIVE_SECONDS] * 16, 8)
+        long_still_running = busy.is_alive()
+        busy.join()
+    finally:
+        target.close()
+
+    single = levels[0]["audio_per_wall_second"]
+    out = {
+        "benchmark": "concurrent",
+        "model": args.model,
+        "target": args.url or "asrd",
+        "levels": levels,
+        "throughput_8_vs_1": levels[2]["audio_per_wall_second"] / single,
+        "five_second_clip": {
+            "alone_latency_s": alone[0],
+            "with_long_file_and_8_clients_p95_s": mixed["p95_s"],
+            "ratio": mixed["p95_s"] / alone[0],
+            "long_file_still_running_at_the_end": long_still_running,
+        },
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    print(json.dumps(out, indent=2))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    suffix = "" if args.url is None else "-peer"
+    (RESULTS / f"concurrent-{args.model}{suffix}.json").write_text(json.dumps(out, indent=2))
+    chart(out, RESULTS / f"concurrent-{args.model}{suffix}.png")
+
+
+def chart(out: dict, path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    levels = out["levels"]
+    x = [level["concurrency"] for level in levels]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(x, [level["audio_per_wall_second"] for level in levels], marker="o")
+    left.set_xlabel("concurrent clients")
+    left.set_ylabel("audio seconds per wall second")
+    right.plot(x, [level["p50_s"] for level in levels], marker="o", label="p50")
+    right.plot(x, [level["p95_s"] for level in levels], marker="o", label="p95")
+    right.set_xlabel("concurrent clients")
+    right.set_ylabel("latency (s)")
+    right.legend()
+    m = out["machine"]
+    fig.suptitle(f"{out['target']}, {out['model']}, {m['cpu']} x{m['cores']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    main()
