@@ -42,7 +42,11 @@ def library_run(mode: str, model_id: str, threads: int, min_seconds: float, runs
 
     samples, reference = long_audio(min_seconds)
     path = resolve_model(model_id, Path.home() / ".cache" / "asrd", allow_download=False)
-    model = WhisperModel(str(path), device="auto", compute_type="default", cpu_threads=threads)
+    import ctranslate2
+
+    device = "cuda" if ctranslate2.get_cuda_device_count() else "cpu"
+    compute_type = "float16" if device == "cuda" else "int8"  # as asrd's COMPUTE_TYPE=auto
+    model = WhisperModel(str(path), device=device, compute_type=compute_type, cpu_threads=threads)
     batched = BatchedInferencePipeline(model)
 
     def run() -> str:

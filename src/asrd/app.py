@@ -73,7 +73,9 @@ def create_app(
     app.state.settings = settings
     install_error_handlers(app)
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES
+        BodySizeLimitMiddleware,
+        max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
+        upload_limit_bytes=settings.max_upload_bytes,
     )
     app.add_middleware(AccessLogMiddleware)
     # Keep uploads in memory up to the body limit: Starlette would otherwise spool files over

@@ -10,11 +10,11 @@ from .errors import ApiError, error_body
 
 
 class BodyTooLarge(ApiError):
-    def __init__(self, limit_bytes: int):
+    def __init__(self, upload_limit_bytes: int):
         super().__init__(
             413,
             "too_large",
-            f"the request body is larger than the limit of {limit_bytes / 1024 / 1024:g} MB "
+            f"the upload is larger than the limit of {upload_limit_bytes / 1024 / 1024:g} MB "
             "(MAX_UPLOAD_MB)",
         )
 
@@ -23,8 +23,9 @@ class BodySizeLimitMiddleware:
     """Answer 413 as soon as a body passes `max_bytes`: at once from `Content-Length`, or at
     the chunk that crosses the limit for a streamed (chunked) body."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_limit_bytes: int):
+        # max_bytes: the upload limit plus room for multipart framing and form fields.
+        self.app, self.max_bytes, self.upload_limit = app, max_bytes, upload_limit_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -43,7 +44,7 @@ class BodySizeLimitMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
-                    raise BodyTooLarge(self.max_bytes)
+                    raise BodyTooLarge(self.upload_limit)
             return message
 
         async def tracking_send(message: Message) -> None:
@@ -59,7 +60,7 @@ class BodySizeLimitMiddleware:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        error = BodyTooLarge(self.max_bytes)
+        error = BodyTooLarge(self.upload_limit)
         body = json.dumps(error_body(error.code, error.message)).encode()
         await send(
             {

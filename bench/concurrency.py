@@ -1,7 +1,7 @@
 """Concurrency benchmark: real short clips at 1, 4 and 8 concurrent clients, over HTTP.
 
-    python bench/concurrent.py --model tiny.en
-    python bench/concurrent.py --model base --url http://peer:8000 --flavor openai   # a peer
+    python bench/concurrency.py --model tiny.en
+    python bench/concurrency.py --model base --url http://peer:8000 --flavor openai   # a peer
 
 Reports, per concurrency: audio seconds transcribed per wall second, p50/p95 latency, WER.
 Then the mixed case: a ~5 s clip's latency with 8 clients while a long file is also being
