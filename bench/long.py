@@ -89,6 +89,10 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--url", help="benchmark this server instead of starting asrd")
     parser.add_argument("--flavor", choices=["openai", "asr"], default="asr")
+    parser.add_argument(
+        "--env", action="append", default=[], metavar="NAME=VALUE", help="asrd setting (repeat)"
+    )
+    parser.add_argument("--skip-library", action="store_true", help="only asrd (memory runs)")
     parser.add_argument("--library", choices=["sequential", "batched16"], help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -101,7 +105,7 @@ def main() -> None:
     duration = len(samples) / 16000
     print(f"audio: {duration:.1f} s, {len(reference.split())} reference words, model {args.model}")
     results = {}
-    for mode in ("sequential", "batched16"):
+    for mode in () if args.skip_library else ("sequential", "batched16"):
         child = subprocess.run(
             [sys.executable, __file__, "--library", mode, "--model", args.model,
              "--threads", str(args.threads), "--min-seconds", str(args.min_seconds),
@@ -112,7 +116,8 @@ def main() -> None:
 
     flac = encode(samples, "flac")
     name = "asrd /asr (HTTP)" if args.url is None else f"{args.url} ({args.flavor})"
-    target = Target(args.url, args.flavor, args.model, {"CPU_THREADS": str(args.threads)})
+    env = {"CPU_THREADS": str(args.threads), **dict(item.split("=", 1) for item in args.env)}
+    target = Target(args.url, args.flavor, args.model, env)
     try:
         seconds, text = timed(lambda: target.transcribe(flac), args.runs)
         peak = peak_rss_mb(target.pid) if target.pid else None
@@ -126,6 +131,9 @@ def main() -> None:
         rss = f"{row['peak_rss_mb']:.0f} MB" if row["peak_rss_mb"] else "-"
         print(f"{system:30} {row['xrt']:6.1f}x {row['wer'] * 100:6.1f}% {rss:>9}")
     ours = results[name]
+    if args.skip_library:
+        print(json.dumps({"machine": machine(), **ours}, indent=1))
+        return
     ratios = {
         "xrt_vs_batched16": ours["xrt"] / results["faster-whisper batched16"]["xrt"],
         "xrt_vs_sequential": ours["xrt"] / results["faster-whisper sequential"]["xrt"],

@@ -6,6 +6,8 @@ from pydantic_core import PydanticUndefined
 
 from .config import Settings
 
+AUTO_DEFAULTS = {"batch_size": "16 (GPU), 8 (CPU)", "beam_size": "5 (GPU), 1 (CPU)"}
+
 
 def env_table() -> str:
     """A Markdown table of every environment variable, its default and its meaning."""
@@ -14,6 +16,8 @@ def env_table() -> str:
         if field.default_factory is not None:
             factory_defaults = {"cache_dir": "`~/.cache/asrd`", "cpu_threads": "all cores"}
             default = factory_defaults.get(name, "empty")
+        elif name in AUTO_DEFAULTS:
+            default = AUTO_DEFAULTS[name]
         elif field.default is PydanticUndefined or field.default is None:
             default = "unset"
         elif isinstance(field.default, bool):

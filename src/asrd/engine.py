@@ -132,18 +132,7 @@ class Engine:
         self.model_id = self._model_for(self.device)
         self.model_path: Path | None = None
         self._model: WhisperModel | None = None
-        self.decode_settings = DecodeSettings(
-            batch_size=settings.batch_size,
-            batch_wait_ms=settings.batch_wait_ms,
-            encode_batch_size=settings.encode_batch_size
-            or (1 if self.device.device == "cpu" else settings.batch_size),
-            beam_size=settings.beam_size,
-            chunk_length_s=settings.chunk_length_s,
-            vad_filter=settings.vad_filter,
-            compression_ratio_threshold=settings.compression_ratio_threshold,
-            log_prob_threshold=settings.log_prob_threshold,
-            no_speech_threshold=settings.no_speech_threshold,
-        )
+        self.decode_settings = self._decode_settings()
         self.scheduler = Scheduler(self.decode_settings)
         self._multilingual: bool | None = None
         # One inference worker: CTranslate2 already spreads one job over CPU_THREADS cores.
@@ -153,6 +142,22 @@ class Engine:
         self._load_lock: asyncio.Lock | None = None
         self._active_jobs = 0
         self._unload_timer: asyncio.TimerHandle | None = None
+
+    def _decode_settings(self) -> DecodeSettings:
+        """Scheduler settings for the current device (batch and beam defaults differ)."""
+        settings, on_cpu = self.settings, self.device.device == "cpu"
+        batch_size = settings.batch_size or (8 if on_cpu else 16)
+        return DecodeSettings(
+            batch_size=batch_size,
+            batch_wait_ms=settings.batch_wait_ms,
+            encode_batch_size=settings.encode_batch_size or (1 if on_cpu else batch_size),
+            beam_size=settings.beam_size or (1 if on_cpu else 5),
+            chunk_length_s=settings.chunk_length_s,
+            vad_filter=settings.vad_filter,
+            compression_ratio_threshold=settings.compression_ratio_threshold,
+            log_prob_threshold=settings.log_prob_threshold,
+            no_speech_threshold=settings.no_speech_threshold,
+        )
 
     def _model_for(self, device: DeviceChoice) -> str:
         settings = self.settings
@@ -228,6 +233,7 @@ class Engine:
             self.device = DeviceChoice("cpu", "int8" if self.settings.compute_type == "auto"
                                        else self.settings.compute_type)  # fmt: skip
             self.model_id = self._model_for(self.device)
+            self.decode_settings = self.scheduler.settings = self._decode_settings()
             model = self._load_model(self.device, self.model_id)
         self._model = self.scheduler.model = model
         self._multilingual = bool(model.model.is_multilingual)
@@ -319,11 +325,11 @@ class Engine:
         )
 
     async def decode(self, data: bytes) -> np.ndarray:
-        """Decode audio bytes off the event loop (see `audio.decode_audio`)."""
+        """Decode audio bytes off the event loop, to int16 samples (see `audio.decode_audio`)."""
         loop = asyncio.get_running_loop()
         limit = self.settings.max_audio_s
         return await loop.run_in_executor(
-            self._decoder, lambda: decode_audio(data, max_duration_s=limit)
+            self._decoder, lambda: decode_audio(data, max_duration_s=limit, as_int16=True)
         )
 
     async def probe(self, data: bytes) -> None:

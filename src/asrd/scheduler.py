@@ -22,6 +22,7 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -33,7 +34,7 @@ from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
 from faster_whisper.vad import VadOptions, get_speech_timestamps
 
-from .audio import SAMPLE_RATE
+from .audio import SAMPLE_RATE, to_float32
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ COVERAGE_SLACK_S = 0.3  # speech this close to a decoded segment counts as cover
 MIN_UNCOVERED_S = 0.5  # uncovered speech pieces shorter than this are ignored
 MIN_UNCOVERED_TOTAL_S = 0.8  # a window needs this much uncovered speech for a second pass
 PAD_S = 0.25
+VAD_BLOCK_S = 60
 
 
 @dataclass(frozen=True)
@@ -152,10 +154,16 @@ def speech_windows(
         starts = np.arange(0, duration, limit)
         return [(s, min(s + limit, duration), [(s, min(s + limit, duration))]) for s in starts]
     vad = VadOptions(max_speech_duration_s=limit, min_silence_duration_ms=160)
-    spans = [
-        (chunk["start"] / SAMPLE_RATE, chunk["end"] / SAMPLE_RATE)
-        for chunk in get_speech_timestamps(samples, vad)
-    ]
+    spans: list[tuple[float, float]] = []
+    # VAD in blocks: its memory then stays flat whatever the length (Silero holds activations
+    # for a whole call). A span cut by a block edge is re-joined when windows are packed.
+    block = VAD_BLOCK_S * SAMPLE_RATE
+    for offset in range(0, len(samples), block):
+        piece = to_float32(samples[offset : offset + block])
+        spans += [
+            ((offset + chunk["start"]) / SAMPLE_RATE, (offset + chunk["end"]) / SAMPLE_RATE)
+            for chunk in get_speech_timestamps(piece, vad)
+        ]
     return pack_spans(spans, limit, duration)
 
 
@@ -291,7 +299,7 @@ class Scheduler:
 
     def _features(self, samples: np.ndarray, start: float, end: float) -> np.ndarray:
         model = self._model()
-        chunk = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
+        chunk = to_float32(samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
         padding = max(0, int(WINDOW_S * SAMPLE_RATE) - len(chunk)) + 160
         features = model.feature_extractor(chunk, padding=padding)
         return features[:, :N_FRAMES]
@@ -370,8 +378,11 @@ class Scheduler:
         tokenizer = first.tokenizer
         assert tokenizer is not None
         temperature = self._temperature(batch[0])
+        started = time.perf_counter()
         features = np.stack([self._features(w.job.samples, w.start, w.end) for w in batch])
+        featured = time.perf_counter()
         encoder_output = self._encode(features)
+        encoded = time.perf_counter()
         prompts = []
         for window in batch:
             previous = []
@@ -395,6 +406,12 @@ class Scheduler:
             max_initial_timestamp_index=int(1.0 / model.time_precision),
             **sampling,
         )
+        generated = time.perf_counter()
+        log.debug(
+            "batch of %d windows at temperature %.1f: features %.2f s, encoder %.2f s, "
+            "decoder %.2f s",
+            len(batch), temperature, featured - started, encoded - featured, generated - encoded,
+        )  # fmt: skip
         outputs = []
         per_window_segments = []
         for window, result in zip(batch, results, strict=True):
