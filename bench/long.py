@@ -38,9 +38,12 @@ def library_run(mode: str, model_id: str, threads: int, min_seconds: float, runs
     """faster-whisper used directly, as its README shows (run in a child process)."""
     from faster_whisper import BatchedInferencePipeline, WhisperModel
 
+    from asrd.audio import decode_audio
     from asrd.models import resolve_model
 
     samples, reference = long_audio(min_seconds)
+    # Exactly the audio asrd gets: the same flac file, decoded.
+    samples = decode_audio(encode(samples, "flac"))
     path = resolve_model(model_id, Path.home() / ".cache" / "asrd", allow_download=False)
     import ctranslate2
 

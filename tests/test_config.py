@@ -15,7 +15,7 @@ from asrd.docs import env_table
 def test_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert settings.host == "*" and settings.port == 8000
-    assert settings.batch_size is None and settings.chunk_length_s == 30  # 16 GPU, 8 CPU
+    assert settings.batch_size is None and settings.chunk_length_s == 30  # 16 GPU, 6 CPU
     assert settings.device == "auto" and settings.compute_type == "auto"
     assert settings.cpu_threads >= 1
     assert settings.local_file_dirs == []

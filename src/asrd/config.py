@@ -110,8 +110,8 @@ class Settings(BaseSettings):
         le=256,
         description=(
             "Most windows decoded together in one batch, across requests. Default: 16 on a "
-            "GPU; 8 on a CPU, where more gains no speed and costs memory (about 40 MB per "
-            "window with `base`)."
+            "GPU; 6 on a CPU, where more gains little speed and costs memory (the decoder "
+            "holds ~40 MB per window with `base`, ~500 MB with `large`)."
         ),
     )
     chunk_length_s: int = Field(

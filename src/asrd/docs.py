@@ -6,7 +6,7 @@ from pydantic_core import PydanticUndefined
 
 from .config import Settings
 
-AUTO_DEFAULTS = {"batch_size": "16 (GPU), 8 (CPU)", "beam_size": "5 (GPU), 1 (CPU)"}
+AUTO_DEFAULTS = {"batch_size": "16 (GPU), 6 (CPU)", "beam_size": "5 (GPU), 1 (CPU)"}
 
 
 def env_table() -> str:

@@ -146,7 +146,7 @@ class Engine:
     def _decode_settings(self) -> DecodeSettings:
         """Scheduler settings for the current device (batch and beam defaults differ)."""
         settings, on_cpu = self.settings, self.device.device == "cpu"
-        batch_size = settings.batch_size or (8 if on_cpu else 16)
+        batch_size = settings.batch_size or (6 if on_cpu else 16)
         return DecodeSettings(
             batch_size=batch_size,
             batch_wait_ms=settings.batch_wait_ms,
