@@ -356,7 +356,7 @@ def test_failed_windows_are_redecoded_with_temperature_fallback(tuned: openai.Op
     # Every temperature of the schedule was tried (SERVER_ENV logs at DEBUG) ...
     log = tuned.server.log()  # type: ignore[attr-defined]
     for temperature in ("0.2", "0.4", "0.6", "0.8", "1.0"):
-        assert f"windows at temperature {temperature}" in log
+        assert f"inputs at temperature {temperature}" in log
     # ... and, as in Whisper, when all fail the best-scoring decoding is kept.
     assert result.segments
     assert wer(JFK.transcript, result.text) <= 0.3

@@ -151,6 +151,14 @@ class Settings(BaseSettings):
             "starting a batch that isn't full (batching across requests)."
         ),
     )
+    pack_short_audio: bool = Field(
+        True,
+        description=(
+            "Decode short audio of different requests together in one 30 s window (Whisper's "
+            "encoder costs the same for 3 s as for 30 s), each keeping its own time range; a "
+            "request the shared window doesn't serve cleanly is decoded again on its own."
+        ),
+    )
     encode_batch_size: int = Field(
         0,
         ge=0,

@@ -157,6 +157,7 @@ class Engine:
             compression_ratio_threshold=settings.compression_ratio_threshold,
             log_prob_threshold=settings.log_prob_threshold,
             no_speech_threshold=settings.no_speech_threshold,
+            pack_windows=settings.pack_short_audio,
         )
 
     def _model_for(self, device: DeviceChoice) -> str:

@@ -20,6 +20,7 @@ window as they complete (streaming).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import logging
 import threading
 import time
@@ -46,6 +47,10 @@ COVERAGE_SLACK_S = 0.3  # speech this close to a decoded segment counts as cover
 MIN_UNCOVERED_S = 0.5  # uncovered speech pieces shorter than this are ignored
 MIN_UNCOVERED_TOTAL_S = 0.8  # a window needs this much uncovered speech for a second pass
 PAD_S = 0.25
+# Short windows of different requests share one 30 s window (the encoder costs the same for
+# 3 s as for 30 s): each part keeps its own time range, 2 s of silence apart.
+PACK_GAP_S = 2.0
+PACK_MAX_PART_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -60,6 +65,7 @@ class DecodeSettings:
     compression_ratio_threshold: float = 2.4
     log_prob_threshold: float = -1.0
     no_speech_threshold: float = 0.6
+    pack_windows: bool = True
 
 
 @dataclass(frozen=True)
@@ -103,6 +109,7 @@ class Window:
     temperature_index: int = 0
     candidates: list[tuple[dict, list[DecodedSegment]]] = field(default_factory=list)
     final: list[DecodedSegment] | None = None
+    solo: bool = False  # never packed with other windows (again)
 
     @property
     def complete(self) -> bool:
@@ -208,6 +215,7 @@ class Scheduler:
         self._wakeup = threading.Condition()
         self._rotation = 0
         self._stopped = False
+        self._in_flight: list[Window] = []
         self.batches = 0
         self.batch_windows = 0
         self._thread = threading.Thread(target=self._run, name="asrd-scheduler", daemon=True)
@@ -294,11 +302,34 @@ class Scheduler:
         return self.model
 
     def _features(self, samples: np.ndarray, start: float, end: float) -> np.ndarray:
-        model = self._model()
-        chunk = to_float32(samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)])
+        return self._mel(to_float32(samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]))
+
+    def _mel(self, chunk: np.ndarray) -> np.ndarray:
         padding = max(0, int(WINDOW_S * SAMPLE_RATE) - len(chunk)) + 160
-        features = model.feature_extractor(chunk, padding=padding)
-        return features[:, :N_FRAMES]
+        return self._model().feature_extractor(chunk, padding=padding)[:, :N_FRAMES]
+
+    @staticmethod
+    def _layout(item: list[Window]) -> tuple[float, float, list[float]]:
+        """An item's time range and, for a pack, where each part starts inside it."""
+        if len(item) == 1:
+            return item[0].start, item[0].end, [item[0].start]
+        offsets, length = [], 0.0
+        for window in item:
+            offsets.append(length)
+            length += window.end - window.start + PACK_GAP_S
+        return 0.0, length - PACK_GAP_S, offsets
+
+    def _item_features(self, item: list[Window]) -> np.ndarray:
+        if len(item) == 1:
+            window = item[0]
+            return self._features(window.job.samples, window.start, window.end)
+        gap = np.zeros(int(PACK_GAP_S * SAMPLE_RATE), np.float32)
+        pieces = []
+        for window in item:
+            samples = window.job.samples
+            part = samples[int(window.start * SAMPLE_RATE) : int(window.end * SAMPLE_RATE)]
+            pieces += [to_float32(part), gap]
+        return self._mel(np.concatenate(pieces[:-1]))
 
     def _key(self, window: Window) -> tuple:
         job = window.job
@@ -322,20 +353,65 @@ class Scheduler:
         key = self._key(order[0].pending[0])
         batch: list[Window] = []
         taken = dict.fromkeys(order, 0)
+        # With several requests waiting, each gets an equal share of the batch: a long file
+        # alone fills whole batches, but doesn't crowd out the requests that come along.
+        share = max(1, self.settings.batch_size // len(order))
+        # Capacity in 30 s windows: short windows will be packed several to a window.
+        capacity = self.settings.batch_size * WINDOW_S
         taking = True
-        while taking and len(batch) < self.settings.batch_size:
+        while taking and capacity > 0:
             taking = False
             for job in order:
                 if not job.pending or self._key(job.pending[0]) != key:
                     continue
                 if job.max_per_batch is not None and taken[job] >= job.max_per_batch:
                     continue
-                batch.append(job.pending.popleft())
+                if taken[job] >= share:
+                    continue
+                window = job.pending.popleft()
+                batch.append(window)
                 taken[job] += 1
+                capacity -= self._cost(window)
                 taking = True
-                if len(batch) == self.settings.batch_size:
+                if capacity <= 0:
                     break
         return batch
+
+    def _packable(self, window: Window) -> bool:
+        options = window.job.options
+        return (
+            self.settings.pack_windows
+            and not window.solo
+            and window.parent is None
+            and window.temperature_index == 0
+            and not options.word_timestamps
+            and not options.prompt
+            and window.end - window.start <= PACK_MAX_PART_S
+        )
+
+    def _cost(self, window: Window) -> float:
+        if self._packable(window):
+            return window.end - window.start + PACK_GAP_S
+        return WINDOW_S
+
+    def _pack(self, batch: list[Window]) -> list[list[Window]]:
+        """Group the batch's windows into model inputs: packs of short windows, or one."""
+        items: list[list[Window]] = []
+        open_pack: list[Window] = []
+        length = 0.0
+        for window in batch:
+            if not self._packable(window):
+                items.append([window])
+                continue
+            duration = window.end - window.start
+            if open_pack and length + PACK_GAP_S + duration > WINDOW_S:
+                items.append(open_pack)
+                open_pack, length = [], 0.0
+            length += (PACK_GAP_S if open_pack else 0.0) + duration
+            open_pack.append(window)
+        if open_pack:
+            items.append(open_pack)
+        return items
 
     def _drop_if_cancelled(self, job: Job) -> bool:
         if job.cancelled or job.future.done():  # cancelled, or failed in an earlier batch
@@ -345,45 +421,51 @@ class Scheduler:
         return job.cancelled
 
     def _decode(self, batch: list[Window]) -> None:
+        items = self._pack(batch)
+        self._in_flight = list(batch)
         try:
-            outputs = self._generate(batch)
+            items, outputs = self._generate(items)
         except Exception as exc:
             log.exception("decoding a batch of %d windows failed", len(batch))
-            for job in {window.job for window in batch}:
+            for job in {window.job for window in self._in_flight}:
                 job.cancelled = True
                 if not job.future.done():
                     job.future.set_exception(exc)
             return
         self.batches += 1
-        self.batch_windows += len(batch)
-        for window, (output, segments) in zip(batch, outputs, strict=True):
+        self.batch_windows += sum(map(len, items))
+        for item, (output, segments) in zip(items, outputs, strict=True):
             try:
-                self._check(window, output, segments)
+                if len(item) == 1:
+                    self._check(item[0], output, segments)
+                else:
+                    self._check_pack(item, output, segments)
             except Exception as exc:
                 log.exception("checking a window failed")
-                if not window.job.future.done():
-                    window.job.future.set_exception(exc)
-                window.job.cancelled = True
-        for job in {window.job for window in batch}:
+                for window in item:
+                    if not window.job.future.done():
+                        window.job.future.set_exception(exc)
+                    window.job.cancelled = True
+        for job in {window.job for item in items for window in item}:
             if not job.cancelled:
                 self._emit(job)
 
-    def _generate(self, batch: list[Window]) -> list[tuple[dict, list[DecodedSegment]]]:
+    def _generate(
+        self, items: list[list[Window]]
+    ) -> tuple[list[list[Window]], list[tuple[dict, list[DecodedSegment]]]]:
         model = self._model()
-        first = batch[0].job
-        tokenizer = first.tokenizer
+        first = items[0][0]
+        tokenizer = first.job.tokenizer
         assert tokenizer is not None
-        temperature = self._temperature(batch[0])
+        temperature = self._temperature(first)
         started = time.perf_counter()
-        features = np.stack([self._features(w.job.samples, w.start, w.end) for w in batch])
-        featured = time.perf_counter()
-        encoder_output = self._encode(features)
+        items, encoder_output = self._encode_items(items)
         encoded = time.perf_counter()
         prompts = []
-        for window in batch:
+        for item in items:
             previous = []
-            if window.job.options.prompt:
-                previous = tokenizer.encode(" " + window.job.options.prompt.strip())
+            if item[0].job.options.prompt:
+                previous = tokenizer.encode(" " + item[0].job.options.prompt.strip())
             prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
         if temperature > 0:
             sampling = dict(beam_size=1, num_hypotheses=self.settings.best_of,
@@ -404,13 +486,14 @@ class Scheduler:
         )
         generated = time.perf_counter()
         log.debug(
-            "batch of %d windows at temperature %.1f: features %.2f s, encoder %.2f s, "
-            "decoder %.2f s",
-            len(batch), temperature, featured - started, encoded - featured, generated - encoded,
+            "batch of %d windows in %d inputs at temperature %.1f: features and encoder "
+            "%.2f s, decoder %.2f s",
+            sum(map(len, items)), len(items), temperature, encoded - started,
+            generated - encoded,
         )  # fmt: skip
         outputs = []
-        per_window_segments = []
-        for window, result in zip(batch, results, strict=True):
+        per_item_segments = []
+        for item, result in zip(items, results, strict=True):
             tokens = result.sequences_ids[0]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             text_tokens = [t for t in tokens if t < tokenizer.eot]
@@ -420,30 +503,31 @@ class Scheduler:
                 no_speech_prob=result.no_speech_prob,
                 compression_ratio=get_compression_ratio(tokenizer.decode(text_tokens).strip()),
             )
-            duration = window.end - window.start
-            seek = round(window.start * model.frames_per_second)
+            start, end, _ = self._layout(item)
+            seek = round(start * model.frames_per_second)
             subsegments, _, _ = model._split_segments_by_timestamps(
                 tokenizer=tokenizer,
                 tokens=tokens,
                 time_offset=seek / model.frames_per_second,
-                segment_size=int(np.ceil(duration) * model.frames_per_second),
-                segment_duration=duration,
+                segment_size=int(np.ceil(end - start) * model.frames_per_second),
+                segment_duration=end - start,
                 seek=seek,
             )
             outputs.append(output)
-            per_window_segments.append(subsegments)
-        if first.options.word_timestamps:
+            per_item_segments.append(subsegments)
+        if first.job.options.word_timestamps:  # never packed: one window per item
             model.add_word_timestamps(
-                per_window_segments,
+                per_item_segments,
                 tokenizer,
                 encoder_output,
-                [int(np.ceil(w.end - w.start) * model.frames_per_second) for w in batch],
+                [int(np.ceil(i[0].end - i[0].start) * model.frames_per_second) for i in items],
                 "\"'“¿([{-",
                 "\"'.。,，!！?？:：”)]}、",  # noqa: RUF001 (Whisper's own punctuation)
                 0.0,
             )
         decoded = []
-        for window, output, subsegments in zip(batch, outputs, per_window_segments, strict=True):
+        for item, output, subsegments in zip(items, outputs, per_item_segments, strict=True):
+            start, end, _ = self._layout(item)
             segments = []
             for sub in subsegments:
                 text = tokenizer.decode([t for t in sub["tokens"] if t < tokenizer.eot])
@@ -451,8 +535,8 @@ class Scheduler:
                     continue
                 segments.append(
                     DecodedSegment(
-                        start=min(max(sub["start"], window.start), window.end),
-                        end=min(max(sub["end"], window.start), window.end),
+                        start=min(max(sub["start"], start), end),
+                        end=min(max(sub["end"], start), end),
                         text=text,
                         seek=sub["seek"],
                         tokens=list(sub["tokens"]),
@@ -464,7 +548,102 @@ class Scheduler:
                     )
                 )
             decoded.append((output, segments))
-        return decoded
+        return items, decoded
+
+    def _check_pack(self, item: list[Window], output: dict, segments: list[DecodedSegment]) -> None:
+        """Hand a pack's segments back to its parts; a part the pack didn't serve cleanly
+        (a failed check, or a segment running across two parts) is decoded again alone."""
+        settings = self.settings
+        # The log-probability is the whole pack's; repetitiveness is judged part by part below
+        # (requests with the same words would look repetitive together).
+        failed = output["avg_logprob"] < settings.log_prob_threshold
+        _, _, offsets = self._layout(item)
+        spans = [(o, o + w.end - w.start) for o, w in zip(offsets, item, strict=True)]
+        owned: list[list[DecodedSegment]] = [[] for _ in item]
+        redo = set(range(len(item))) if failed else set()
+        for segment in [] if failed else segments:
+            overlaps = [min(segment.end, e) - max(segment.start, s) for s, e in spans]
+            hit = [i for i, o in enumerate(overlaps) if o > 0.2]
+            if len(hit) > 1:
+                redo.update(hit)
+            elif hit:
+                owned[hit[0]].append(segment)
+        for index, segments_of_part in enumerate(owned):
+            text = "".join(segment.text for segment in segments_of_part).strip()
+            if text and get_compression_ratio(text) > settings.compression_ratio_threshold:
+                redo.add(index)
+        for index, window in enumerate(item):
+            if index in redo:
+                window.solo = True
+                window.job.pending.appendleft(window)
+                continue
+            shift = window.start - offsets[index]
+            mapped = [
+                dataclasses.replace(
+                    s,
+                    start=min(max(s.start + shift, window.start), window.end),
+                    end=min(max(s.end + shift, window.start), window.end),
+                    seek=round(window.start * 100),
+                )
+                for s in owned[index]
+            ]
+            window.final = mapped
+            self._cover(window, mapped)
+
+    def _encode_items(
+        self, items: list[list[Window]]
+    ) -> tuple[list[list[Window]], ctranslate2.StorageView]:
+        """Encode the batch's inputs. On a CPU they are encoded one at a time, and a request
+        that arrives meanwhile joins this batch: the inputs not encoded yet go back to their
+        queues to make room, so a newcomer waits at most one encoder pass, not a whole batch.
+        """
+        model = self._model()
+        if self.settings.encode_batch_size > 1 or model.model.device != "cpu":
+            features = np.stack([self._item_features(item) for item in items])
+            return items, self._encode(features)
+        done: list[list[Window]] = []
+        parts = []
+        queue = deque(items)
+        joined = False
+        while queue:
+            if done and not joined and self._intake and self._preemptible(queue):
+                joined = True
+                queue = deque(self._make_room(list(queue), done))
+            item = queue.popleft()
+            parts.append(np.array(model.encode(self._item_features(item)[None])))
+            done.append(item)
+        return done, ctranslate2.StorageView.from_array(np.concatenate(parts))
+
+    @staticmethod
+    def _preemptible(waiting: deque[list[Window]]) -> bool:
+        """Only windows of long requests (several windows) give way to newcomers."""
+        return all(len(window.job.windows) > 1 for item in waiting for window in item)
+
+    def _make_room(self, waiting: list[list[Window]], done: list[list[Window]]) -> list:
+        """Admit newcomers; their first windows replace this batch's inputs not yet encoded."""
+        with self._wakeup:
+            arrived = list(self._intake)
+            self._intake.clear()
+        for job in arrived:
+            self._admit(job)
+        key = self._key(done[0][0])
+        newcomers = [
+            job.pending.popleft()
+            for job in arrived
+            if job in self._jobs and job.pending and self._key(job.pending[0]) == key
+        ]
+        if not newcomers:
+            return waiting
+        for item in reversed(waiting):  # back to the front of their queues, in order
+            for window in reversed(item):
+                window.job.pending.appendleft(window)
+        capacity = max(1, self.settings.batch_size - len(done))
+        self._in_flight += newcomers
+        fresh = self._pack(newcomers)
+        for item in fresh[capacity:]:
+            for window in reversed(item):
+                window.job.pending.appendleft(window)
+        return fresh[:capacity]
 
     def _encode(self, features: np.ndarray) -> ctranslate2.StorageView:
         model = self._model()
