@@ -1,0 +1,30 @@
+"""The scheduler's pure logic: packing speech into windows, finding uncovered speech."""
+
+from __future__ import annotations
+
+from asrd.scheduler import DecodedSegment, Job, JobOptions, Window, pack_spans, uncovered
+
+
+def test_spans_are_packed_up_to_the_limit_and_split_at_long_pauses() -> None:
+    spans = [(0.0, 10.0), (10.5, 20.0), (20.5, 29.0), (29.5, 35.0), (40.0, 45.0)]
+    windows = pack_spans(spans, 30.0, 60.0)
+    assert [(s, e) for s, e, _ in windows] == [(0.0, 29.0), (29.5, 35.0), (40.0, 45.0)]
+    assert windows[0][2] == spans[:3]
+
+
+def test_overlong_speech_is_cut_at_the_limit() -> None:
+    windows = pack_spans([(0.0, 70.0)], 30.0, 70.0)
+    assert [(s, e) for s, e, _ in windows] == [(0.0, 30.0), (30.0, 60.0), (60.0, 70.0)]
+
+
+def segment(start: float, end: float) -> DecodedSegment:
+    return DecodedSegment(start, end, " text", 0, [], 0.0, -0.2, 1.2, 0.01)
+
+
+def test_uncovered_speech_is_found() -> None:
+    job = Job(samples=None, options=JobOptions(), windows=[])  # type: ignore[arg-type]
+    window = Window(job, 0.0, 30.0, speech=[(0.0, 12.0), (13.0, 29.0)])
+    # The decoder stopped at 20 s (an early end): 20.3 .. 29 s is speech nobody decoded.
+    assert uncovered(window, [segment(0.0, 11.8), segment(13.1, 20.0)]) == [(20.3, 29.0)]
+    # Small gaps inside the slack don't count.
+    assert uncovered(window, [segment(0.2, 11.9), segment(13.0, 28.8)]) == []
