@@ -287,14 +287,34 @@ class Scheduler:
         model = self._model()
         multilingual = model.model.is_multilingual
         language = job.options.language if multilingual else "en"
+        if language is None and not job.options.word_timestamps:
+            return  # detected from the first window's own encoder pass (see _detect)
         if language is None and job.windows:
             first = job.windows[0]
             features = self._features(job.samples, first.start, first.end)
             language, job.language_probability, _ = model.detect_language(features=features)
-        job.language = language or "en"
+        self._set_language(job, language or "en")
+
+    def _set_language(self, job: Job, language: str) -> None:
+        model = self._model()
+        job.language = language
         job.tokenizer = Tokenizer(
-            model.hf_tokenizer, multilingual, task=job.options.task, language=job.language
-        )
+            model.hf_tokenizer, model.model.is_multilingual, task=job.options.task,
+            language=language,
+        )  # fmt: skip
+
+    def _detect(self, items: list[list[Window]], encoder_output: ctranslate2.StorageView) -> None:
+        """Set the language of jobs that didn't give one, from their first window's encoding
+        (no extra encoder pass, unlike faster-whisper's separate detection)."""
+        if all(item[0].job.language is not None for item in items):
+            return
+        found = self._model().model.detect_language(encoder_output)
+        for item, probabilities in zip(items, found, strict=True):
+            job = item[0].job
+            if job.language is None:
+                token, probability = probabilities[0]
+                job.language_probability = float(probability)
+                self._set_language(job, token[2:-2])  # "<|fr|>" -> "fr"
 
     def _model(self) -> WhisperModel:
         if self.model is None:
@@ -366,8 +386,8 @@ class Scheduler:
                     continue
                 if job.max_per_batch is not None and taken[job] >= job.max_per_batch:
                     continue
-                if taken[job] >= share:
-                    continue
+                if taken[job] >= share or (job.language is None and taken[job]):
+                    continue  # a job whose language is unknown yet sends one window
                 window = job.pending.popleft()
                 batch.append(window)
                 taken[job] += 1
@@ -381,6 +401,7 @@ class Scheduler:
         options = window.job.options
         return (
             self.settings.pack_windows
+            and window.job.language is not None
             and not window.solo
             and window.parent is None
             and window.temperature_index == 0
@@ -455,18 +476,19 @@ class Scheduler:
     ) -> tuple[list[list[Window]], list[tuple[dict, list[DecodedSegment]]]]:
         model = self._model()
         first = items[0][0]
-        tokenizer = first.job.tokenizer
-        assert tokenizer is not None
         temperature = self._temperature(first)
         started = time.perf_counter()
         items, encoder_output = self._encode_items(items)
+        self._detect(items, encoder_output)
         encoded = time.perf_counter()
+        tokenizers: list[Tokenizer] = [item[0].job.tokenizer for item in items]  # type: ignore[misc]
+        tokenizer = tokenizers[0]
         prompts = []
-        for item in items:
+        for item, item_tokenizer in zip(items, tokenizers, strict=True):
             previous = []
             if item[0].job.options.prompt:
-                previous = tokenizer.encode(" " + item[0].job.options.prompt.strip())
-            prompts.append(model.get_prompt(tokenizer, previous, without_timestamps=False))
+                previous = item_tokenizer.encode(" " + item[0].job.options.prompt.strip())
+            prompts.append(model.get_prompt(item_tokenizer, previous, without_timestamps=False))
         if temperature > 0:
             sampling = dict(beam_size=1, num_hypotheses=self.settings.best_of,
                             sampling_topk=0, sampling_temperature=temperature)  # fmt: skip
@@ -493,7 +515,7 @@ class Scheduler:
         )  # fmt: skip
         outputs = []
         per_item_segments = []
-        for item, result in zip(items, results, strict=True):
+        for item, result, tokenizer in zip(items, results, tokenizers, strict=True):
             tokens = result.sequences_ids[0]
             avg_logprob = result.scores[0] * len(tokens) / (len(tokens) + 1)
             text_tokens = [t for t in tokens if t < tokenizer.eot]
@@ -515,10 +537,10 @@ class Scheduler:
             )
             outputs.append(output)
             per_item_segments.append(subsegments)
-        if first.job.options.word_timestamps:  # never packed: one window per item
+        if first.job.options.word_timestamps:  # never packed, language known: one tokenizer
             model.add_word_timestamps(
                 per_item_segments,
-                tokenizer,
+                tokenizers[0],
                 encoder_output,
                 [int(np.ceil(i[0].end - i[0].start) * model.frames_per_second) for i in items],
                 "\"'“¿([{-",
@@ -526,7 +548,9 @@ class Scheduler:
                 0.0,
             )
         decoded = []
-        for item, output, subsegments in zip(items, outputs, per_item_segments, strict=True):
+        for item, output, subsegments, tokenizer in zip(
+            items, outputs, per_item_segments, tokenizers, strict=True
+        ):
             start, end, _ = self._layout(item)
             segments = []
             for sub in subsegments:
