@@ -376,3 +376,24 @@ def test_language_and_translation_on_a_multilingual_model(base_server: AsrdServe
     words = set(translated["text"].lower().replace(",", " ").replace(".", " ").split())
     assert words & {"the", "of", "and", "in", "is", "was", "a", "it"}, translated["text"]
     assert set(set(detected["text"].lower().split())) - words, "translation equals transcript"
+
+
+def test_short_request_is_not_stuck_behind_a_long_file(client: httpx.Client) -> None:
+    samples, _ = long_english_audio(repeats=2)  # ~150 s: a few seconds of work
+    body = encode(samples, "flac")
+    finished: dict[str, float] = {}
+
+    def long_request() -> None:
+        assert client.post("/asr", content=body).status_code == 200
+        finished["long"] = time.monotonic()
+
+    worker = threading.Thread(target=long_request)
+    worker.start()
+    time.sleep(0.8)
+    started = time.monotonic()
+    response = client.post("/asr", content=CLIPS["en_timit_LDC93S1.wav"].read())
+    finished["short"] = time.monotonic()
+    worker.join()
+    assert response.status_code == 200 and "wash water" in response.json()["text"].lower()
+    assert finished["short"] < finished["long"], "the short request waited for the long file"
+    assert finished["short"] - started < 4

@@ -1,8 +1,10 @@
-"""The inference engine: one Whisper model, run on a dedicated worker thread.
+"""The inference engine: one Whisper model, its lifecycle, and the async interface to it.
 
-Every route hands decoded samples to `Engine.transcribe`, which queues the job for the worker
-and awaits it, so the event loop never runs inference and concurrent requests wait their turn
-instead of blocking HTTP.
+Every route hands decoded samples to `Engine.transcribe` or `Engine.stream`; the work goes to
+the scheduler's thread (`scheduler.py`), which batches windows across requests, so the event
+loop never runs inference and concurrent requests share the model instead of blocking HTTP.
+Loading, warm-up and unloading run on a separate single worker thread; decoding and VAD on a
+small pool.
 """
 
 from __future__ import annotations
@@ -135,7 +137,7 @@ class Engine:
         self.decode_settings = self._decode_settings()
         self.scheduler = Scheduler(self.decode_settings)
         self._multilingual: bool | None = None
-        # One inference worker: CTranslate2 already spreads one job over CPU_THREADS cores.
+        # Loading and unloading, one at a time (inference runs on the scheduler's thread).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-engine")
         # Decoding is separate so a request can be decoded while another is transcribed.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asrd-decode")

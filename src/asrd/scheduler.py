@@ -252,11 +252,14 @@ class Scheduler:
                     self._wakeup.wait(self.settings.batch_wait_ms / 1000)
                 arrived = list(self._intake)
                 self._intake.clear()
-            for job in arrived:
-                self._admit(job)
-            batch = self._pick_batch()
-            if batch:
-                self._decode(batch)
+            try:
+                for job in arrived:
+                    self._admit(job)
+                batch = self._pick_batch()
+                if batch:
+                    self._decode(batch)
+            except Exception:  # a bug: log it, fail nothing else, keep the thread alive
+                log.exception("the scheduler hit an unexpected error")
         for job in self._jobs + list(self._intake):
             job.future.cancel()
 
@@ -732,7 +735,10 @@ class Scheduler:
         if ready:
             job.results += ready
             if job.on_segments is not None:
-                job.on_segments(ready)
+                try:
+                    job.on_segments(ready)
+                except Exception:  # the listener is gone (e.g. its event loop closed)
+                    log.debug("a job's segment listener failed", exc_info=True)
         if job.emitted == len(job.windows):
             self._finish(job)
 
