@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
@@ -17,6 +18,7 @@ from .engine import Engine, EngineState
 from .errors import install_error_handlers
 from .limits import BodySizeLimitMiddleware
 from .logs import AccessLogMiddleware
+from .metrics import Metrics, MetricsMiddleware
 from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,7 @@ def create_app(
     """Build the app. The model loads in the background after start-up; `/hc` says when it's
     ready. `on_load_failure` is called with the reason if it can't load (the CLI exits then)."""
     settings = settings or load_settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -45,6 +48,9 @@ def create_app(
         )
         worker = TaskWorker(queue, engine)
         app.state.engine, app.state.task_queue, app.state.task_worker = engine, queue, worker
+        engine.on_transcribed = metrics.observe_transcription
+        engine.scheduler.on_batch = metrics.batch_windows.observe
+        metrics.watch(lambda: queue.depth, lambda: float(engine.loaded))
 
         async def load() -> None:
             await engine.start()
@@ -70,14 +76,26 @@ def create_app(
         summary="Whisper speech recognition server",
         lifespan=lifespan,
     )
-    app.state.settings = settings
+    app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
         upload_limit_bytes=settings.max_upload_bytes,
     )
+    app.add_middleware(
+        MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
+    )
     app.add_middleware(AccessLogMiddleware)
+    if settings.cors_origins:
+        any_origin = "*" in settings.cors_origins
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+            allow_credentials=not any_origin,  # never `*` with credentials
+        )
     # Keep uploads in memory up to the body limit: Starlette would otherwise spool files over
     # 1 MB to disk, and asrd promises that audio never touches the disk.
     MultiPartParser.spool_max_size = max(

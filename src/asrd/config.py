@@ -271,6 +271,22 @@ class Settings(BaseSettings):
         ),
     )
 
+    max_concurrent_requests: int | None = Field(
+        64,
+        ge=1,
+        description=(
+            "Requests in progress at once (all routes but /hc and /metrics); beyond it, 503 "
+            "with Retry-After at once. Unset: no limit."
+        ),
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated origins allowed to call asrd from a browser (CORS); empty: CORS "
+            "off. `*` allows any origin, and then never with credentials."
+        ),
+    )
+
     # --- Model lifecycle (the second seed's variables) ----------------------------------------
     load_model_on_startup: bool = Field(
         True,
@@ -395,7 +411,9 @@ class Settings(BaseSettings):
                 raise ValueError(f"must be one of {', '.join(COMPUTE_TYPES)}")
         return value
 
-    @field_validator("local_file_dirs", "admin_api_keys", "trusted_proxies", mode="before")
+    @field_validator(
+        "local_file_dirs", "admin_api_keys", "trusted_proxies", "cors_origins", mode="before"
+    )
     @classmethod
     def _split_lists(cls, value: object) -> object:
         return _split_csv(value)

@@ -136,6 +136,7 @@ class Engine:
         self._model: WhisperModel | None = None
         self.decode_settings = self._decode_settings()
         self.scheduler = Scheduler(self.decode_settings)
+        self.on_transcribed: Callable[[float, float], None] | None = None  # metrics hook
         self._multilingual: bool | None = None
         # Loading and unloading, one at a time (inference runs on the scheduler's thread).
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-engine")
@@ -359,6 +360,7 @@ class Engine:
 
         Closing the iterator early (a client that went away) stops the job at the next batch.
         """
+        started = time.perf_counter()
         async with self._job():
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[list[DecodedSegment] | concurrent.futures.Future] = asyncio.Queue()
@@ -392,7 +394,10 @@ class Engine:
                         if not streaming:
                             for segment in result.segments:
                                 placed.append(clock.place(_segment(segment, len(placed))))
-                        yield self._transcript(result, placed, samples, options)
+                        transcript = self._transcript(result, placed, samples, options)
+                        if self.on_transcribed is not None:
+                            self.on_transcribed(transcript.duration, time.perf_counter() - started)
+                        yield transcript
                         return
                     for decoded in item:
                         segment = clock.place(_segment(decoded, len(placed)))

@@ -216,6 +216,7 @@ class Scheduler:
         self._rotation = 0
         self._stopped = False
         self._in_flight: list[Window] = []
+        self.on_batch: Callable[[int], None] | None = None  # metrics hook
         self.batches = 0
         self.batch_windows = 0
         self._thread = threading.Thread(target=self._run, name="asrd-scheduler", daemon=True)
@@ -458,6 +459,8 @@ class Scheduler:
             return
         self.batches += 1
         self.batch_windows += sum(map(len, items))
+        if self.on_batch is not None:
+            self.on_batch(sum(map(len, items)))
         for item, (output, segments) in zip(items, outputs, strict=True):
             try:
                 if len(item) == 1:

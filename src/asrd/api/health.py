@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from .. import __version__
@@ -36,3 +37,10 @@ async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
     status = {EngineState.READY: "ok", EngineState.LOADING: "loading"}.get(engine.state, "standby")
     return JSONResponse({"status": status, "version": __version__})
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+async def metrics(request: Request) -> Response:
+    return Response(
+        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
+    )

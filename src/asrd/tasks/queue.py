@@ -81,6 +81,10 @@ class MemoryTaskQueue(TaskQueue):
             self._wakeup.notify()
         return len(self._pending)
 
+    @property
+    def depth(self) -> int:
+        return len(self._pending)
+
     async def next(self) -> Task:
         async with self._wakeup:
             await self._wakeup.wait_for(lambda: bool(self._pending))

@@ -1,0 +1,116 @@
+"""Prometheus metrics (`GET /metrics`) and the in-flight request limit."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import error_body, openai_error_body
+
+UNLIMITED_PATHS = ("/hc", "/metrics")
+
+
+class Metrics:
+    """One registry per app, so several apps (tests) never share or clash."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter(
+            "asrd_requests", "HTTP requests by route and status", ["method", "route", "status"],
+            registry=r,
+        )  # fmt: skip
+        self.latency = Histogram(
+            "asrd_request_duration_seconds", "HTTP request latency by route", ["route"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300), registry=r,
+        )  # fmt: skip
+        self.in_flight = Gauge("asrd_requests_in_flight", "HTTP requests in progress", registry=r)
+        self.rejected = Counter(
+            "asrd_requests_rejected", "Requests refused by MAX_CONCURRENT_REQUESTS", registry=r
+        )
+        self.audio_seconds = Counter(
+            "asrd_audio_seconds", "Seconds of audio transcribed", registry=r
+        )
+        self.realtime = Histogram(
+            "asrd_realtime_factor", "Audio seconds per second of processing, per transcription",
+            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200), registry=r,
+        )  # fmt: skip
+        self.batch_windows = Histogram(
+            "asrd_batch_windows", "Audio windows per decoding batch",
+            buckets=(1, 2, 4, 6, 8, 12, 16, 24, 32, 64), registry=r,
+        )  # fmt: skip
+        self.queue_depth = Gauge("asrd_task_queue_depth", "Tasks waiting", registry=r)
+        self.model_loaded = Gauge("asrd_model_loaded", "1 if the model is in memory", registry=r)
+
+    def observe_transcription(self, audio_s: float, elapsed_s: float) -> None:
+        self.audio_seconds.inc(audio_s)
+        if elapsed_s > 0:
+            self.realtime.observe(audio_s / elapsed_s)
+
+    def watch(self, queue_depth: Callable[[], float], model_loaded: Callable[[], float]) -> None:
+        self.queue_depth.set_function(queue_depth)
+        self.model_loaded.set_function(model_loaded)
+
+
+class MetricsMiddleware:
+    """Counts and times every request by its route template (bounded label values), and
+    answers 503 at once beyond `max_in_flight` concurrent requests (health and metrics
+    excepted)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, max_in_flight: int | None):
+        self.app, self.metrics, self.max_in_flight = app, metrics, max_in_flight
+        self._in_flight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limited = scope["path"] not in UNLIMITED_PATHS
+        if limited and self.max_in_flight is not None and self._in_flight >= self.max_in_flight:
+            self.metrics.rejected.inc()
+            await _reject(scope, send, self.max_in_flight)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self._in_flight += limited
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, tracking_send)
+        finally:
+            self._in_flight -= limited
+            self.metrics.in_flight.dec()
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+
+
+async def _reject(scope: Scope, send: Send, limit: int) -> None:
+    message = f"too many requests in progress (MAX_CONCURRENT_REQUESTS={limit}); retry shortly"
+    if scope["path"].startswith("/v1/"):
+        body = openai_error_body(503, "server_busy", message)
+    else:
+        body = error_body("server_busy", message)
+    payload = json.dumps(body).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 503,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+                (b"retry-after", b"2"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
