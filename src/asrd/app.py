@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -65,6 +66,9 @@ def create_app(
         try:
             yield
         finally:
+            # Shutting down: let the running task finish within SHUTDOWN_GRACE_S.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(worker.idle.wait(), settings.shutdown_grace_s)
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

@@ -279,6 +279,14 @@ class Settings(BaseSettings):
             "with Retry-After at once. Unset: no limit."
         ),
     )
+    shutdown_grace_s: float = Field(
+        30,
+        ge=0,
+        description=(
+            "On SIGTERM/SIGINT: stop accepting, then give requests in progress and the running "
+            "task this long to finish before exiting (0 after a clean finish)."
+        ),
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description=(

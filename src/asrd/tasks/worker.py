@@ -26,12 +26,15 @@ class TaskWorker:
     def __init__(self, queue: TaskQueue, engine: Engine):
         self.queue, self.engine = queue, engine
         self.current: Task | None = None
+        self.idle = asyncio.Event()  # set while no task runs (shutdown waits for it)
+        self.idle.set()
         self._callbacks: set[asyncio.Task] = set()
 
     async def run(self) -> None:
         while True:
             task = await self.queue.next()
             self.current = task
+            self.idle.clear()
             try:
                 await self._process(task)
             except asyncio.CancelledError:
@@ -41,6 +44,7 @@ class TaskWorker:
                 await self.queue.fail(task, "internal_error", "the transcription failed")
             finally:
                 self.current = None
+                self.idle.set()
             if task.callback_url and not task.cancelled:
                 callback = asyncio.create_task(self._post_callback(task))
                 self._callbacks.add(callback)
