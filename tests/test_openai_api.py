@@ -369,3 +369,13 @@ def test_segment_cap_from_the_environment(tuned: openai.OpenAI) -> None:
     cues = list(srt.parse(body))
     assert len(cues) >= 5
     assert all(len(cue.content) <= 30 or " " not in cue.content for cue in cues)
+
+
+def test_oversize_upload_is_413_in_openai_shape(server: AsrdServer) -> None:
+    big = b"\0" * (10 * 1024 * 1024)  # MAX_UPLOAD_MB=8
+    response = httpx.post(
+        f"{server.url}/v1/audio/transcriptions", files={"file": ("big.wav", big)}, timeout=60
+    )
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error" and "MAX_UPLOAD_MB" in error["message"]

@@ -9,12 +9,14 @@ with its traceback and answered with a generic 500 that leaks nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Scope, Send
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,25 @@ def openai_error_body(status: int, code: str, message: str, param: str | None = 
     return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
+def body_for(path: str, status: int, code: str, message: str, param: str | None = None) -> dict:
+    """The error body in the shape of the API that `path` belongs to."""
+    if path.startswith("/v1/"):
+        return openai_error_body(status, code, message, param)
+    return error_body(code, message)
+
+
+async def send_error(
+    scope: Scope, send: Send, status: int, code: str, message: str, headers: dict[str, str]
+) -> None:
+    """Answer from a pure ASGI middleware, before the app has seen the request."""
+    payload = json.dumps(body_for(scope["path"], status, code, message)).encode()
+    raw_headers = [(b"content-type", b"application/json"),
+                   (b"content-length", str(len(payload)).encode())]  # fmt: skip
+    raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
 def error_response(
     status: int,
     code: str,
@@ -51,11 +72,9 @@ def error_response(
     request: Request | None = None,
     param: str | None = None,
 ) -> JSONResponse:
-    if request is not None and request.url.path.startswith("/v1/"):
-        body = openai_error_body(status, code, message, param)
-    else:
-        body = error_body(code, message)
-    return JSONResponse(body, status_code=status, headers=headers)
+    path = request.url.path if request is not None else ""
+    return JSONResponse(body_for(path, status, code, message, param), status_code=status,
+                        headers=headers)  # fmt: skip
 
 
 _HTTP_CODES = {

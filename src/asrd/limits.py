@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, error_body
+from .errors import ApiError, send_error
 
 
 class BodyTooLarge(ApiError):
@@ -33,7 +31,7 @@ class BodySizeLimitMiddleware:
             return
         for name, value in scope["headers"]:
             if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
-                await self._reject(send)
+                await self._reject(scope, send)
                 return
         received = 0
         started = False
@@ -57,20 +55,8 @@ class BodySizeLimitMiddleware:
         except BodyTooLarge:
             if started:
                 raise
-            await self._reject(send)
+            await self._reject(scope, send)
 
-    async def _reject(self, send: Send) -> None:
+    async def _reject(self, scope: Scope, send: Send) -> None:
         error = BodyTooLarge(self.upload_limit)
-        body = json.dumps(error_body(error.code, error.message)).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_error(scope, send, 413, error.code, error.message, {"Connection": "close"})

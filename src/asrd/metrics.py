@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import error_body, openai_error_body
+from .errors import send_error
 
 UNLIMITED_PATHS = ("/hc", "/metrics")
 
@@ -97,20 +96,4 @@ class MetricsMiddleware:
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
     message = f"too many requests in progress (MAX_CONCURRENT_REQUESTS={limit}); retry shortly"
-    if scope["path"].startswith("/v1/"):
-        body = openai_error_body(503, "server_busy", message)
-    else:
-        body = error_body("server_busy", message)
-    payload = json.dumps(body).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-                (b"retry-after", b"2"),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
+    await send_error(scope, send, 503, "server_busy", message, {"Retry-After": "2"})
