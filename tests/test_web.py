@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CLIPS, AsrdServer, normalise, wer
+from conftest import CLIPS, SERVER_ENV, AsrdServer, normalise, wer
 
 CHROMIUM = "/usr/bin/chromium"
 if not shutil.which(CHROMIUM):
@@ -523,3 +523,28 @@ def test_a_new_job_cancels_the_previous_one(web: Callable[..., Web], tmp_path: P
     session.assert_polling_stopped()
     assert deleted[-1].endswith(second)
     session.assert_clean()
+
+
+def test_api_key_is_asked_for_and_used(browser: Browser, tmp_path: Path) -> None:
+    key = "page-key-0123456789"
+    secured = AsrdServer({**SERVER_ENV, "API_KEYS": key}, tmp_path / "asrd.log")
+    try:
+        secured.wait_ready()  # /hc stays open
+        context = browser.new_context(viewport=DESKTOP)
+        context.set_default_timeout(15_000)
+        session = Web(context.new_page(), secured)
+        page = session.open()
+        page.once("dialog", lambda dialog: dialog.accept(key))
+        page.set_input_files("#file", JFK.path)
+        page.click("#submit")
+        expect(page.locator("#error")).to_contain_text("API key")  # the first try had none
+        page.click("#submit")  # now with the key the page kept
+        expect(page.locator("#transcript .segment").first).to_be_visible(timeout=60_000)
+        assert wer(JFK.transcript, transcript_words(page)) <= 0.2
+        with page.expect_download() as download:  # a download carries the key too
+            page.click("#download-srt")
+        assert "ask not what your country" in Path(download.value.path()).read_text().lower()
+        session.assert_clean()
+        context.close()
+    finally:
+        secured.stop()

@@ -14,6 +14,7 @@ from starlette.formparsers import MultiPartParser
 
 from . import __version__
 from .api import asr, health, openai, tasks, web
+from .auth import ApiKeyMiddleware
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import install_error_handlers
@@ -90,6 +91,13 @@ def create_app(
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
     )
+    if settings.api_keys:
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=settings.api_keys,
+            protect_health=settings.protect_health,
+            protect_metrics=settings.protect_metrics,
+        )
     app.add_middleware(AccessLogMiddleware)
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins

@@ -271,6 +271,16 @@ class Settings(BaseSettings):
         ),
     )
 
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Comma-separated API keys. When set, every API route (`/asr`, `/v1/...`, "
+            "`/api/...`) needs one, as `Authorization: Bearer KEY` or `X-API-Key: KEY` (401 "
+            "otherwise); the web page asks for it. Empty: no authentication."
+        ),
+    )
+    protect_health: bool = Field(False, description="With API_KEYS, `/hc` needs a key too.")
+    protect_metrics: bool = Field(False, description="With API_KEYS, `/metrics` needs a key too.")
     max_concurrent_requests: int | None = Field(
         64,
         ge=1,
@@ -420,7 +430,12 @@ class Settings(BaseSettings):
         return value
 
     @field_validator(
-        "local_file_dirs", "admin_api_keys", "trusted_proxies", "cors_origins", mode="before"
+        "local_file_dirs",
+        "admin_api_keys",
+        "trusted_proxies",
+        "cors_origins",
+        "api_keys",
+        mode="before",
     )
     @classmethod
     def _split_lists(cls, value: object) -> object:

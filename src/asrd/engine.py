@@ -273,8 +273,8 @@ class Engine:
         if self._active_jobs or self._model is None:
             return  # work arrived after the unload was scheduled
         self._model = self.scheduler.model = None
+        self.state = EngineState.UNLOADED  # before the slow collection: /hc agrees at once
         gc.collect()
-        self.state = EngineState.UNLOADED
         log.info("model unloaded after %s s idle", self.settings.unload_model_after_s)
 
     def _schedule_unload(self) -> None:

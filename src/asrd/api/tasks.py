@@ -8,7 +8,6 @@ failed later; a bad language or a file with no audio is a 400 before anything is
 from __future__ import annotations
 
 import asyncio
-import hmac
 import io
 import ipaddress
 import zipfile
@@ -21,6 +20,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
 from ..audio import AudioError
+from ..auth import key_matches
 from ..errors import ApiError
 from ..formats import TEXT_CONTENT_TYPE, to_srt, to_text, to_vtt
 from ..inputs import UrlNotAllowed, check_url_allowed
@@ -222,7 +222,7 @@ def require_admin(request: Request) -> None:
     key = request.headers.get("x-api-key") or (
         authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
     )
-    if key and any(hmac.compare_digest(key.encode(), k.encode()) for k in settings.admin_api_keys):
+    if key_matches(key, settings.admin_api_keys):
         return
     email = request.headers.get("x-email", "").strip().lower()
     if email and email in settings.authorized_mails and _from_trusted_proxy(request):

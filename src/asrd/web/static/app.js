@@ -163,9 +163,28 @@
 
   // [title, detail] for an error answer: the title says what happened, the detail is the
   // server's own message.
+  // ---------------------------------------------------------------- API key (API_KEYS)
+
+  const KEY_STORAGE = "asrd-api-key";
+
+  function authHeaders() {
+    const key = window.sessionStorage.getItem(KEY_STORAGE);
+    return key ? { Authorization: `Bearer ${key}` } : {};
+  }
+
+  // The server wants a key: ask once, keep it for this tab only.
+  function askForKey() {
+    const key = window.prompt("This server needs an API key. Key:");
+    if (key && key.trim()) window.sessionStorage.setItem(KEY_STORAGE, key.trim());
+    else window.sessionStorage.removeItem(KEY_STORAGE);
+  }
+
   function describeError(status, body, retryAfter) {
     const error = body && typeof body === "object" && body.error ? body.error : {};
     const detail = sentence(error.message);
+    if (status === 401) {
+      return ["This server needs a valid API key.", "Enter it when asked, then try again."];
+    }
     const title = knownError(error.code, retryAfter);
     if (title) return [title, detail];
     if (status === 413) return [knownError("too_large"), detail];
@@ -173,6 +192,26 @@
     if (status === 503) return [`The server is not ready. ${retryHint(retryAfter)}`, detail];
     if (status >= 500) return [`The server had a problem (HTTP ${status}).`, detail];
     return [`The server refused the request (HTTP ${status}).`, detail];
+  }
+
+  // A plain link can't carry the API key: with a key, fetch the file and save it from memory.
+  async function downloadWithKey(event) {
+    const headers = authHeaders();
+    if (!headers.Authorization) return; // no key: the link works as it is
+    event.preventDefault();
+    const link = event.currentTarget;
+    const response = await fetch(link.getAttribute("href"), { headers });
+    if (!response.ok) return;
+    const disposition = response.headers.get("Content-Disposition") || "";
+    const match = /filename="([^"]+)"/.exec(disposition);
+    const url = URL.createObjectURL(await response.blob());
+    const anchor = document.createElement("a");
+    anchor.href = url;
+    anchor.download = match ? match[1] : "transcript.txt";
+    document.body.appendChild(anchor);
+    anchor.click();
+    anchor.remove();
+    setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
   // ---------------------------------------------------------------- the chosen audio
@@ -385,6 +424,7 @@
     if (unfinished) {
       fetch(`/api/v1/tasks/${encodeURIComponent(job.taskId)}`, {
         method: "DELETE",
+        headers: authHeaders(),
         keepalive: true,
       }).catch(() => {});
     }
@@ -452,6 +492,7 @@
     job.xhr = xhr;
     xhr.open("POST", endpoint);
     xhr.setRequestHeader("Accept", "application/json");
+    for (const [name, value] of Object.entries(authHeaders())) xhr.setRequestHeader(name, value);
     xhr.upload.addEventListener("progress", (event) => {
       if (!isCurrent(job) || !event.lengthComputable) return;
       const percent = Math.min(100, Math.round((event.loaded / event.total) * 100));
@@ -462,6 +503,7 @@
       job.xhr = null;
       const body = parseJson(xhr.responseText);
       if (xhr.status < 200 || xhr.status >= 300) {
+        if (xhr.status === 401) askForKey();
         fail(job, describeError(xhr.status, body, xhr.getResponseHeader("Retry-After")));
         return;
       }
@@ -504,7 +546,7 @@
     let body;
     try {
       response = await fetch(`/api/v1/tasks/${encodeURIComponent(job.taskId)}`, {
-        headers: { Accept: "application/json" },
+        headers: { Accept: "application/json", ...authHeaders() },
         cache: "no-store",
         signal: controller.signal,
       });
@@ -617,6 +659,7 @@
     const id = encodeURIComponent(job.taskId);
     for (const [format, link] of Object.entries(el.downloads)) {
       link.setAttribute("href", `/api/v1/${format}?task_id=${id}`);
+      link.onclick = downloadWithKey;
     }
 
     const expires = task.expires_at ? new Date(task.expires_at) : null;
