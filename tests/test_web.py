@@ -314,7 +314,10 @@ def test_records_from_the_microphone(playwright: sync_api.Playwright, server: As
         task_url = f"{server.url}/api/v1/tasks/{submitted.value.json()['task_id']}"
         assert httpx.get(task_url).json()["file_name"] == "recording.webm"
         words = normalise(transcript_words(page))
-        assert "she had your" in words and "greasy wash water" in words, words
+        # The fake microphone loops the clip from wherever it happens to be when recording
+        # starts, so the cut falls anywhere: ask for most of the sentence's words, not all.
+        expected = {"she", "had", "your", "dark", "suit", "greasy", "wash", "water", "year"}
+        assert len(expected & set(words.split())) >= 6, words
         session.assert_clean()
         assert httpx.delete(task_url).status_code == 200  # tidy up
     finally:
