@@ -212,7 +212,7 @@ class Settings(BaseSettings):
         ),
     )
     stream_batch_size: int = Field(
-        4,
+        2,
         ge=1,
         le=256,
         description=(
