@@ -230,7 +230,8 @@ def client(server: AsrdServer) -> Iterator[httpx.Client]:
 
 
 class _FileHandler(SimpleHTTPRequestHandler):
-    """Serves tests/data, plus /slow (stalls), /missing (404), /redirect and /big."""
+    """Serves tests/data, plus /slow (stalls), /missing (404), /redirect, /loop (endless
+    redirects), /to-private (redirects to 127.0.0.2) and /big."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, directory=str(DATA), **kwargs)
@@ -243,6 +244,13 @@ class _FileHandler(SimpleHTTPRequestHandler):
             self.wfile.write(CLIPS["en_timit_LDC93S1.wav"].read()[:1000])
             self.wfile.flush()
             time.sleep(4)  # longer than URL_READ_TIMEOUT_S
+            return
+        if self.path in ("/loop", "/to-private"):
+            port = self.server.server_address[1]
+            target = "/loop" if self.path == "/loop" else f"http://127.0.0.2:{port}/x.wav"
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.end_headers()
             return
         if self.path == "/redirect":
             self.send_response(302)

@@ -80,11 +80,8 @@ def is_public_address(address: str) -> bool:
 
 
 async def fetch_url(url: str, settings: Settings) -> bytes:
-    try:
-        await check_url_allowed(url, settings)
-    except UrlNotAllowed as exc:
-        raise ApiError(403, "url_not_allowed", str(exc)) from None
-    limit = settings.max_upload_bytes
+    """Download `url`, following at most MAX_REDIRECTS redirects, each one checked again
+    (a public URL must not bounce the server to a private address)."""
     timeout = httpx.Timeout(
         connect=settings.url_connect_timeout_s,
         read=settings.url_read_timeout_s,
@@ -94,37 +91,46 @@ async def fetch_url(url: str, settings: Settings) -> bytes:
     try:
         async with (
             asyncio.timeout(settings.url_total_timeout_s),
-            httpx.AsyncClient(
-                timeout=timeout, follow_redirects=True, max_redirects=MAX_REDIRECTS
-            ) as client,
-            client.stream("GET", url) as response,
+            httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client,
         ):
-            if response.status_code >= 400:
-                raise ApiError(
-                    502,
-                    "fetch_failed",
-                    f"fetching the audio URL failed: the server answered {response.status_code}",
-                )
-            declared = response.headers.get("content-length", "")
-            if declared.isdigit() and int(declared) > limit:
-                raise too_large(limit)
-            body = bytearray()
-            async for piece in response.aiter_bytes():
-                body += piece
-                if len(body) > limit:
-                    raise too_large(limit)
-            return bytes(body)
+            for _ in range(MAX_REDIRECTS + 1):
+                try:
+                    await check_url_allowed(url, settings)
+                except UrlNotAllowed as exc:
+                    raise ApiError(403, "url_not_allowed", str(exc)) from None
+                async with client.stream("GET", url) as response:
+                    if response.is_redirect and "location" in response.headers:
+                        url = str(response.url.join(response.headers["location"]))
+                        continue
+                    return await _read_capped(response, settings.max_upload_bytes)
     except ApiError:
         raise
     except (TimeoutError, httpx.TimeoutException):
         raise ApiError(504, "fetch_timeout", "fetching the audio URL timed out") from None
-    except httpx.TooManyRedirects:
-        raise ApiError(
-            502, "fetch_failed", f"fetching the audio URL failed: over {MAX_REDIRECTS} redirects"
-        ) from None
-    except (httpx.HTTPError, OSError) as exc:
+    except (httpx.HTTPError, OSError, ValueError) as exc:
         reason = type(exc).__name__
         raise ApiError(502, "fetch_failed", f"fetching the audio URL failed ({reason})") from None
+    raise ApiError(
+        502, "fetch_failed", f"fetching the audio URL failed: over {MAX_REDIRECTS} redirects"
+    )
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes:
+    if response.status_code >= 400:
+        raise ApiError(
+            502,
+            "fetch_failed",
+            f"fetching the audio URL failed: the server answered {response.status_code}",
+        )
+    declared = response.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    body = bytearray()
+    async for piece in response.aiter_bytes():
+        body += piece
+        if len(body) > limit:
+            raise too_large(limit)
+    return bytes(body)
 
 
 async def read_local_file(raw_path: str, settings: Settings) -> bytes:
