@@ -97,10 +97,6 @@ def _describe(exc: Exception) -> str:
     return text.split(": '")[0][:200]
 
 
-def duration_s(samples: np.ndarray) -> float:
-    return len(samples) / SAMPLE_RATE
-
-
 def probe_audio(data: bytes) -> None:
     """Raise `AudioError` unless `data` opens as a container with an audio stream whose
     first frames decode. Cheap: it reads only the start of the input."""

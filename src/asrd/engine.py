@@ -174,10 +174,6 @@ class Engine:
         )
 
     @property
-    def ready(self) -> bool:
-        return self.state is EngineState.READY
-
-    @property
     def loaded(self) -> bool:
         return self._model is not None
 

@@ -8,7 +8,6 @@ from dataclasses import replace
 from .engine import Segment, Transcript, Word
 from .languages import language_name
 
-RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"  # what OpenAI sends for text, srt and vtt
 
 _SENTENCE_END = (".", "?", "!", "。", "\uff1f", "\uff01")  # incl. fullwidth ? and !
