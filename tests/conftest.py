@@ -163,6 +163,17 @@ class AsrdServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def __enter__(self) -> AsrdServer:
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         self.process.terminate()
         try:
@@ -203,24 +214,16 @@ def server(allowed_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     log_path = tmp_path_factory.mktemp("logs") / "asrd.log"
     # The URL tests fetch from a file server on loopback, so private addresses are allowed here.
     env = {**SERVER_ENV, "LOCAL_FILE_DIRS": str(allowed_dir), "ALLOW_PRIVATE_URLS": "1"}
-    instance = AsrdServer(env, log_path)
-    try:
-        instance.wait_ready()
+    with AsrdServer(env, log_path) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="session")
 def base_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsrdServer]:
     """The multilingual `base` model, for languages and translation."""
     log_path = tmp_path_factory.mktemp("logs-base") / "asrd.log"
-    instance = AsrdServer({**SERVER_ENV, "MODEL_ID": "base"}, log_path)
-    try:
-        instance.wait_ready()
+    with AsrdServer({**SERVER_ENV, "MODEL_ID": "base"}, log_path) as instance:
         yield instance
-    finally:
-        instance.stop()
 
 
 @pytest.fixture(scope="session")

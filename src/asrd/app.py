@@ -19,7 +19,6 @@ from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import install_error_handlers
 from .limits import BodySizeLimitMiddleware
-from .logs import AccessLogMiddleware
 from .metrics import Metrics, MetricsMiddleware
 from .tasks import MemoryTaskQueue, TaskWorker
 
@@ -88,9 +87,6 @@ def create_app(
         max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
         upload_limit_bytes=settings.max_upload_bytes,
     )
-    app.add_middleware(
-        MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
-    )
     if settings.api_keys:
         app.add_middleware(
             ApiKeyMiddleware,
@@ -98,7 +94,10 @@ def create_app(
             protect_health=settings.protect_health,
             protect_metrics=settings.protect_metrics,
         )
-    app.add_middleware(AccessLogMiddleware)
+    # Outside the key check, so refused requests are counted and logged too.
+    app.add_middleware(
+        MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
+    )
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins
         app.add_middleware(

@@ -1,14 +1,12 @@
-"""Logging: console and optional rotating files, task ids shortened in privacy mode, a
-one-line access log. Transcripts are never logged: no code path passes text to a logger."""
+"""Logging: console and optional rotating files, task ids shortened in privacy mode. (The
+one-line access log is written by `metrics.MetricsMiddleware`, which times every request
+anyway.) Transcripts are never logged: no code path passes text to a logger."""
 
 from __future__ import annotations
 
 import logging
 import re
-import time
 from logging.handlers import TimedRotatingFileHandler
-
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .config import Settings
 
@@ -60,31 +58,3 @@ def setup_logging(settings: Settings) -> None:
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()
         logging.getLogger(name).propagate = True
-
-
-class AccessLogMiddleware:
-    """`POST /api/v1/transcribe 202 12ms`: method, path and query, status, time. Never bodies."""
-
-    def __init__(self, app: ASGIApp):
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, tracking_send)
-        finally:
-            query = scope.get("query_string", b"").decode("latin-1")
-            path = scope["path"] + (f"?{query}" if query else "")
-            elapsed = (time.perf_counter() - started) * 1000
-            ACCESS.info("%s %s %d %.0fms", scope["method"], path, status, elapsed)

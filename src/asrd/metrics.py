@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 
@@ -9,6 +10,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import send_error
+
+ACCESS = logging.getLogger("asrd.access")
 
 UNLIMITED_PATHS = ("/hc", "/metrics")
 
@@ -56,9 +59,9 @@ class Metrics:
 
 
 class MetricsMiddleware:
-    """Counts and times every request by its route template (bounded label values), and
-    answers 503 at once beyond `max_in_flight` concurrent requests (health and metrics
-    excepted)."""
+    """Counts and times every request by its route template (bounded label values), writes
+    the access log line (method, path and query, status, time; never a body), and answers 503
+    at once beyond `max_in_flight` concurrent requests (health and metrics excepted)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics, max_in_flight: int | None):
         self.app, self.metrics, self.max_in_flight = app, metrics, max_in_flight
@@ -72,6 +75,7 @@ class MetricsMiddleware:
         if limited and self.max_in_flight is not None and self._in_flight >= self.max_in_flight:
             self.metrics.rejected.inc()
             await _reject(scope, send, self.max_in_flight)
+            _access_log(scope, 503, 0.0)
             return
         started = time.perf_counter()
         status = 500
@@ -89,9 +93,17 @@ class MetricsMiddleware:
         finally:
             self._in_flight -= limited
             self.metrics.in_flight.dec()
+            elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             self.metrics.requests.labels(scope["method"], route, str(status)).inc()
-            self.metrics.latency.labels(route).observe(time.perf_counter() - started)
+            self.metrics.latency.labels(route).observe(elapsed)
+            _access_log(scope, status, elapsed)
+
+
+def _access_log(scope: Scope, status: int, elapsed_s: float) -> None:
+    query = scope.get("query_string", b"").decode("latin-1")
+    path = scope["path"] + (f"?{query}" if query else "")
+    ACCESS.info("%s %s %d %.0fms", scope["method"], path, status, elapsed_s * 1000)
 
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
