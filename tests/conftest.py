@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import unquote
 
 import av
 import httpx
@@ -234,7 +235,8 @@ def client(server: AsrdServer) -> Iterator[httpx.Client]:
 
 class _FileHandler(SimpleHTTPRequestHandler):
     """Serves tests/data, plus /slow (stalls), /missing (404), /redirect, /loop (endless
-    redirects), /to-private (redirects to 127.0.0.2) and /big."""
+    redirects), /to-private (redirects to 127.0.0.2), /to?<url> (redirects to <url>), /host
+    (echoes the Host header) and /big."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, directory=str(DATA), **kwargs)
@@ -254,6 +256,18 @@ class _FileHandler(SimpleHTTPRequestHandler):
             self.send_response(302)
             self.send_header("Location", target)
             self.end_headers()
+            return
+        if self.path.startswith("/to?"):
+            self.send_response(302)
+            self.send_header("Location", unquote(self.path.removeprefix("/to?")))
+            self.end_headers()
+            return
+        if self.path == "/host":
+            body = self.headers.get("Host", "").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
             return
         if self.path == "/redirect":
             self.send_response(302)

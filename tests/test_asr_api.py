@@ -8,6 +8,7 @@ import os
 import threading
 import time
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -119,10 +120,12 @@ def test_defaults_refuse_local_files_and_private_urls(tmp_path: Path, file_serve
         response = httpx.post(f"{server.url}/asr", json={"url": str(JFK.path)}, timeout=30)
         error = assert_error(response, 403, "local_files_disabled")
         assert "LOCAL_FILE_DIRS" in error["message"]
-        loopback = httpx.post(
-            f"{server.url}/asr", json={"url": f"{file_server}/{JFK.name}"}, timeout=30
-        )
-        assert "ALLOW_PRIVATE_URLS" in assert_error(loopback, 403, "url_not_allowed")["message"]
+        port = urlsplit(file_server).port
+        for host in ("127.0.0.1", "localhost", "[::1]", "127.0.0.2"):
+            url = f"http://{host}:{port}/{JFK.name}"
+            loopback = httpx.post(f"{server.url}/asr", json={"url": url}, timeout=30)
+            error = assert_error(loopback, 403, "url_not_allowed")
+            assert "ALLOW_PRIVATE_URLS" in error["message"]
         callback = httpx.post(
             f"{server.url}/api/v1/transcribe",
             files={"file": ("a.flac", JFK.read())},

@@ -1,12 +1,14 @@
 """The URL guard: which addresses count as public, and redirects checked hop by hop.
 
 Nothing here connects anywhere but loopback: the ranges are tested on the address check
-itself, and the redirect test treats 127.0.0.1 as "public" so that its redirect to 127.0.0.2
-(private) must be refused before any connection is made."""
+itself, and the redirect tests treat 127.0.0.1 as "public" so that its redirects to 127.0.0.2,
+localhost or [::1] (private) must be refused before any connection is made."""
 
 from __future__ import annotations
 
 import asyncio
+import socket
+from urllib.parse import quote, urlsplit
 
 import pytest
 
@@ -36,15 +38,47 @@ def fetch(url: str, **settings: object) -> bytes:
     return asyncio.run(inputs.fetch_url(url, load_settings(**settings)))
 
 
-def test_every_redirect_is_checked(monkeypatch: pytest.MonkeyPatch, file_server: str) -> None:
+@pytest.fixture
+def public_test_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend 127.0.0.1 (the test file server) is public; every other address keeps its
+    real verdict, so 127.0.0.2, ::1 and the rest stay private."""
     real = inputs.is_public_address
-    monkeypatch.setattr(
-        inputs, "is_public_address", lambda a: a == "127.0.0.1" or real(a)
-    )  # pretend the test server is public; 127.0.0.2 stays private
+    monkeypatch.setattr(inputs, "is_public_address", lambda a: a == "127.0.0.1" or real(a))
+
+
+# (`localhost` is 127.0.0.1 here, "public" for these tests: the end-to-end test refuses it.)
+@pytest.mark.parametrize("target", ["127.0.0.2", "[::1]", "0.0.0.0"])
+@pytest.mark.usefixtures("public_test_server")
+def test_every_redirect_is_checked(file_server: str, target: str) -> None:
+    port = urlsplit(file_server).port
     with pytest.raises(ApiError) as refused:
-        fetch(f"{file_server}/to-private")
+        fetch(f"{file_server}/to?" + quote(f"http://{target}:{port}/x.wav"))
     assert refused.value.status == 403 and refused.value.code == "url_not_allowed"
-    assert fetch(f"{file_server}/redirect")[:4] == b"fLaC"  # a redirect that stays public
+
+
+@pytest.mark.usefixtures("public_test_server")
+def test_redirect_that_stays_public(file_server: str) -> None:
+    assert fetch(f"{file_server}/redirect")[:4] == b"fLaC"
+
+
+@pytest.mark.usefixtures("public_test_server")
+def test_connects_to_the_checked_address(monkeypatch: pytest.MonkeyPatch, file_server: str) -> None:
+    """DNS rebinding: the name resolves to a "public" address when checked, then to a private
+    one. asrd resolves once and connects to the address it checked, keeping the name in Host."""
+    port = urlsplit(file_server).port
+    lookups = []
+    real_getaddrinfo = socket.getaddrinfo
+
+    def rebinding_resolver(host: str, *args: object, **kwargs: object) -> list:
+        if host != "rebind.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        lookups.append(host)
+        address = "127.0.0.1" if len(lookups) == 1 else "127.0.0.2"
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (address, port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding_resolver)
+    assert fetch(f"http://rebind.test:{port}/host") == f"rebind.test:{port}".encode()
+    assert lookups == ["rebind.test"]
 
 
 def test_redirect_loops_stop(file_server: str) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 import stat
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -52,24 +53,30 @@ class UrlNotAllowed(Exception):
     """The URL points somewhere asrd must not connect to."""
 
 
-async def check_url_allowed(url: str, settings: Settings) -> None:
+async def check_url_allowed(url: str, settings: Settings) -> list[str] | None:
     """Refuse non-http(s) URLs, and (unless ALLOW_PRIVATE_URLS) hosts that resolve to any
-    loopback, private, link-local, multicast, reserved or otherwise non-public address."""
+    loopback, private, link-local, multicast, reserved or otherwise non-public address.
+
+    Returns the checked addresses, which the caller must connect to (None when any address is
+    allowed): resolving the name a second time would let DNS answer differently (rebinding)."""
     split = urlsplit(url)
     if split.scheme.lower() not in ("http", "https") or not split.hostname:
         raise UrlNotAllowed("only http:// and https:// URLs with a host are allowed")
     if settings.allow_private_urls:
-        return
+        return None
     try:
         port = split.port or (443 if split.scheme.lower() == "https" else 80)
-        infos = await asyncio.get_running_loop().getaddrinfo(split.hostname, port)
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            split.hostname, port, type=socket.SOCK_STREAM
+        )
     except (OSError, ValueError) as exc:
         raise UrlNotAllowed(f"the host can't be resolved ({type(exc).__name__})") from None
-    for info in infos:
-        if not is_public_address(info[4][0]):
-            raise UrlNotAllowed(
-                "the host resolves to a non-public address (set ALLOW_PRIVATE_URLS to allow)"
-            )
+    addresses = list(dict.fromkeys(info[4][0] for info in infos))
+    if not addresses or not all(is_public_address(address) for address in addresses):
+        raise UrlNotAllowed(
+            "the host resolves to a non-public address (set ALLOW_PRIVATE_URLS to allow)"
+        )
+    return addresses
 
 
 def is_public_address(address: str) -> bool:
@@ -95,14 +102,16 @@ async def fetch_url(url: str, settings: Settings) -> bytes:
         ):
             for _ in range(MAX_REDIRECTS + 1):
                 try:
-                    await check_url_allowed(url, settings)
+                    response = await send_checked(client, "GET", url, settings)
                 except UrlNotAllowed as exc:
                     raise ApiError(403, "url_not_allowed", str(exc)) from None
-                async with client.stream("GET", url) as response:
+                try:
                     if response.is_redirect and "location" in response.headers:
-                        url = str(response.url.join(response.headers["location"]))
+                        url = str(httpx.URL(url).join(response.headers["location"]))
                         continue
                     return await _read_capped(response, settings.max_upload_bytes)
+                finally:
+                    await response.aclose()
     except ApiError:
         raise
     except (TimeoutError, httpx.TimeoutException):
@@ -113,6 +122,41 @@ async def fetch_url(url: str, settings: Settings) -> bytes:
     raise ApiError(
         502, "fetch_failed", f"fetching the audio URL failed: over {MAX_REDIRECTS} redirects"
     )
+
+
+async def send_checked(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    settings: Settings,
+    *,
+    json: object = None,
+) -> httpx.Response:
+    """Send a request to `url` once `check_url_allowed` passes (else `UrlNotAllowed`), with
+    the response streamed (the caller closes it).
+
+    It connects only to the addresses that were checked: the URL's host is swapped for each
+    in turn, and the Host header and TLS SNI keep the name (so the certificate is verified
+    against it)."""
+    addresses = await check_url_allowed(url, settings)
+    if addresses is None:
+        return await client.send(client.build_request(method, url, json=json), stream=True)
+    target = httpx.URL(url)
+    error: httpx.ConnectError | None = None
+    for address in addresses:
+        request = client.build_request(
+            method,
+            target.copy_with(host=address),
+            json=json,
+            headers={"Host": target.netloc.decode("ascii")},
+            extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
+        )
+        try:
+            return await client.send(request, stream=True)
+        except httpx.ConnectError as exc:
+            error = exc  # on to the host's next address, as a resolving client would
+    assert error is not None
+    raise error
 
 
 async def _read_capped(response: httpx.Response, limit: int) -> bytes:

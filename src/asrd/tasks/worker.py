@@ -12,7 +12,7 @@ import httpx
 
 from ..audio import AudioError, AudioTooLong
 from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
-from ..inputs import UrlNotAllowed, check_url_allowed
+from ..inputs import UrlNotAllowed, send_checked
 from ..logs import short_id
 from .model import Task
 from .queue import TaskQueue
@@ -92,9 +92,9 @@ class TaskWorker:
         body = task.to_json(position=None)
         status = "no answer"
         try:
-            await check_url_allowed(task.callback_url, settings)
             async with httpx.AsyncClient(timeout=CALLBACK_TIMEOUT, follow_redirects=False) as http:
-                response = await http.post(task.callback_url, json=body)
+                response = await send_checked(http, "POST", task.callback_url, settings, json=body)
+                await response.aclose()
                 status = str(response.status_code)
         except UrlNotAllowed as exc:
             status = f"refused: {exc}"
