@@ -118,6 +118,24 @@ def _is_variant(name: str) -> bool:
     return any(tag in name for tag in ("_transcoded", "_8k", "_44k", "_alaw", "_mulaw", "_16k"))
 
 
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert set(error) == {"code", "message"} and error["message"]
+    if code:
+        assert error["code"] == code
+    return error
+
+
+def metric(text: str, name: str) -> float:
+    """A sample's value in Prometheus text (`name` may include its labels)."""
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise KeyError(name)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -14,7 +14,15 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import CLIPS, SAMPLE_RATE, AsrdServer, encode, long_english_audio, wer
+from conftest import (
+    CLIPS,
+    SAMPLE_RATE,
+    AsrdServer,
+    assert_error,
+    encode,
+    long_english_audio,
+    wer,
+)
 
 JFK = CLIPS["en_jfk_inaugural_1961.flac"]
 LS = CLIPS["en_ls_1089-134686-0001.wav"]
@@ -37,16 +45,6 @@ def assert_monotonic(chunks: list[dict], duration: float) -> None:
         start, end = chunk["timestamp"]
         assert previous_end <= start <= end <= duration + 1e-6, chunks
         previous_end = end
-
-
-def assert_error(response: httpx.Response, status: int, code: str | None = None) -> dict:
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    error = response.json()["error"]
-    assert set(error) == {"code", "message"} and error["message"]
-    if code:
-        assert error["code"] == code
-    return error
 
 
 # --- the four ways in ---------------------------------------------------------------------

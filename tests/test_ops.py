@@ -9,16 +9,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CLIPS, SERVER_ENV, AsrdServer, encode, long_english_audio
+from conftest import CLIPS, SERVER_ENV, AsrdServer, encode, long_english_audio, metric
 
 JFK = CLIPS["en_jfk_inaugural_1961.flac"]
-
-
-def metric(text: str, name: str) -> float:
-    for line in text.splitlines():
-        if line.startswith(name + " ") or line.startswith(name + "{"):
-            return float(line.rsplit(" ", 1)[1])
-    raise KeyError(name)
 
 
 def test_metrics_count_requests_audio_and_batches(client: httpx.Client) -> None:

@@ -18,8 +18,8 @@ from .auth import ApiKeyMiddleware
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import install_error_handlers
-from .limits import BodySizeLimitMiddleware
-from .metrics import Metrics, MetricsMiddleware
+from .limits import FORM_LIMITS, BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
 from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,9 @@ def create_app(
         app.state.engine, app.state.task_queue, app.state.task_worker = engine, queue, worker
         engine.on_transcribed = metrics.observe_transcription
         engine.scheduler.on_batch = metrics.batch_windows.observe
-        metrics.watch(lambda: queue.depth, lambda: float(engine.loaded))
+        metrics.watch(
+            lambda: queue.depth, lambda: float(engine.loaded), lambda: engine.scheduler.job_count
+        )
 
         async def load() -> None:
             await engine.start()
@@ -79,9 +81,14 @@ def create_app(
         version=__version__,
         summary="Whisper speech recognition server",
         lifespan=lifespan,
+        form_limits=FORM_LIMITS,
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
+    # Innermost: a request cut short by the deadline is still counted, logged and limited.
+    app.add_middleware(
+        RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s, exempt=UNLIMITED_PATHS
+    )
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,

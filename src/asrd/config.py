@@ -289,6 +289,16 @@ class Settings(BaseSettings):
             "with Retry-After at once. Unset: no limit."
         ),
     )
+    request_timeout_s: float = Field(
+        3600,
+        ge=0,
+        description=(
+            "Longest time one HTTP request may take, upload and transcription included: "
+            "beyond it the work is cancelled and the client gets 504 (a stream that has begun "
+            "ends with an error event). Long files belong in the task API, which this does "
+            "not limit. 0: no limit."
+        ),
+    )
     shutdown_grace_s: float = Field(
         30,
         ge=0,

@@ -1,10 +1,28 @@
-"""Request body size limit, enforced while the body streams in (not after reading it all)."""
+"""Request limits: multipart form shapes, and the body size, enforced while the body streams
+in (not after reading it all)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
+
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .errors import ApiError, send_error
+from .errors import ApiError, body_for, send_error
+
+log = logging.getLogger(__name__)
+
+# Multipart forms: one file (the audio), a few short fields. A form beyond these gets a 400
+# before any field reaches a route; the file itself is capped by MAX_UPLOAD_MB.
+FORM_MAX_FILES = 1
+FORM_MAX_FIELDS = 32
+FORM_MAX_FIELD_BYTES = 64 * 1024
+FORM_LIMITS = {
+    "max_files": FORM_MAX_FILES,
+    "max_fields": FORM_MAX_FIELDS,
+    "max_part_size": FORM_MAX_FIELD_BYTES,
+}
 
 
 class BodyTooLarge(ApiError):
@@ -60,3 +78,49 @@ class BodySizeLimitMiddleware:
     async def _reject(self, scope: Scope, send: Send) -> None:
         error = BodyTooLarge(self.upload_limit)
         await send_error(scope, send, 413, error.code, error.message, {"Connection": "close"})
+
+
+class RequestTimeoutMiddleware:
+    """Cancel a request still running after `timeout_s` (REQUEST_TIMEOUT_S), whatever it is
+    doing: reading a slow upload, downloading, decoding or waiting on the model (whose job
+    stops at its next batch). 504 if nothing was sent yet; a Server-Sent Events stream that
+    has begun ends with an error event."""
+
+    def __init__(self, app: ASGIApp, timeout_s: float, exempt: tuple[str, ...] = ()):
+        self.app, self.timeout_s, self.exempt = app, timeout_s, exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.timeout_s or scope["path"] in self.exempt:
+            await self.app(scope, receive, send)
+            return
+        started = finished = False
+        event_stream = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started, finished, event_stream
+            if message["type"] == "http.response.start":
+                started = True
+                headers = dict(message.get("headers", ()))
+                event_stream = headers.get(b"content-type", b"").startswith(b"text/event-stream")
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finished = True
+            await send(message)
+
+        try:
+            async with asyncio.timeout(self.timeout_s) as deadline:
+                await self.app(scope, receive, tracking_send)
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # the app's own timeout, not ours
+            log.warning("%s %s cancelled after %g s (REQUEST_TIMEOUT_S)",
+                        scope["method"], scope["path"], self.timeout_s)  # fmt: skip
+            message = (
+                f"the request took longer than REQUEST_TIMEOUT_S ({self.timeout_s:g} s); "
+                "send long audio to the task API (POST /api/v1/transcribe) instead"
+            )
+            if not started:
+                await send_error(scope, send, 504, "request_timeout", message, {})
+            elif event_stream and not finished:
+                error = body_for(scope["path"], 504, "request_timeout", message)
+                chunk = f"data: {json.dumps(error)}\n\n".encode()
+                await send({"type": "http.response.body", "body": chunk, "more_body": False})

@@ -47,15 +47,25 @@ class Metrics:
         )  # fmt: skip
         self.queue_depth = Gauge("asrd_task_queue_depth", "Tasks waiting", registry=r)
         self.model_loaded = Gauge("asrd_model_loaded", "1 if the model is in memory", registry=r)
+        self.transcriptions = Gauge(
+            "asrd_transcriptions_in_progress",
+            "Transcriptions the model is working on or will take next (all routes)", registry=r,
+        )  # fmt: skip
 
     def observe_transcription(self, audio_s: float, elapsed_s: float) -> None:
         self.audio_seconds.inc(audio_s)
         if elapsed_s > 0:
             self.realtime.observe(audio_s / elapsed_s)
 
-    def watch(self, queue_depth: Callable[[], float], model_loaded: Callable[[], float]) -> None:
+    def watch(
+        self,
+        queue_depth: Callable[[], float],
+        model_loaded: Callable[[], float],
+        transcriptions: Callable[[], float],
+    ) -> None:
         self.queue_depth.set_function(queue_depth)
         self.model_loaded.set_function(model_loaded)
+        self.transcriptions.set_function(transcriptions)
 
 
 class MetricsMiddleware:

@@ -230,6 +230,11 @@ class Scheduler:
             self._wakeup.notify()
         return job
 
+    @property
+    def job_count(self) -> int:
+        """Transcriptions holding audio in the scheduler (waiting or being decoded)."""
+        return len(self._jobs) + len(self._intake)
+
     def stop(self) -> None:
         with self._wakeup:
             self._stopped = True
@@ -259,6 +264,9 @@ class Scheduler:
                 batch = self._pick_batch()
                 if batch:
                     self._decode(batch)
+                # A job cancelled mid-batch may have no window left to pick: let go of it (and
+                # its audio) now, not when the next request comes.
+                self._drop_cancelled()
             except Exception:  # a bug: log it, fail nothing else, keep the thread alive
                 log.exception("the scheduler hit an unexpected error")
         for job in self._jobs + list(self._intake):
@@ -367,7 +375,7 @@ class Scheduler:
 
     def _pick_batch(self) -> list[Window]:
         """Round-robin across jobs, one window each per round, all with the same key."""
-        self._jobs = [job for job in self._jobs if not self._drop_if_cancelled(job)]
+        self._drop_cancelled()
         active = [job for job in self._jobs if job.pending]
         if not active:
             return []
@@ -437,6 +445,9 @@ class Scheduler:
         if open_pack:
             items.append(open_pack)
         return items
+
+    def _drop_cancelled(self) -> None:
+        self._jobs = [job for job in self._jobs if not self._drop_if_cancelled(job)]
 
     def _drop_if_cancelled(self, job: Job) -> bool:
         if job.cancelled or job.future.done():  # cancelled, or failed in an earlier batch

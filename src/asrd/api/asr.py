@@ -11,10 +11,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from ..engine import EngineNotReady, TranscribeOptions
+from ..engine import TranscribeOptions
 from ..errors import ApiError
 from ..inputs import load_source
-from .common import decode, parse_language, ready_engine
+from ..limits import FORM_LIMITS
+from .common import decode, parse_language, ready_engine, transcribe_until_disconnect
 
 router = APIRouter(tags=["seed API"])
 
@@ -112,10 +113,7 @@ async def asr(
     data = await read_audio_input(request)
     samples = await decode(engine, data)
     del data
-    try:
-        transcript = await engine.transcribe(samples, options)
-    except EngineNotReady as exc:
-        raise ApiError(503, "model_not_ready", str(exc), {"Retry-After": "5"}) from None
+    transcript = await transcribe_until_disconnect(request, engine, samples, options)
 
     elapsed = time.perf_counter() - started
     if word_timestamps:
@@ -182,7 +180,7 @@ def _parse_url_request(raw: bytes) -> UrlRequest:
 
 
 async def _read_form_file(request: Request) -> bytes:
-    async with request.form(max_files=1, max_fields=16) as form:
+    async with request.form(**FORM_LIMITS) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "the form needs a 'file' field with the audio")

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 import numpy as np
 from fastapi import Request
 
 from ..audio import AudioError, AudioTooLong
-from ..engine import Engine
+from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
 from ..errors import ApiError
 from ..languages import UnknownLanguage, language_code
+
+log = logging.getLogger(__name__)
 
 
 def ready_engine(request: Request) -> Engine:
@@ -39,3 +45,38 @@ def parse_language(engine: Engine, value: str | None) -> str | None:
     except (UnknownLanguage, ValueError) as exc:
         raise ApiError(400, "invalid_language", str(exc), param="language") from None
     return code
+
+
+async def transcribe_until_disconnect(
+    request: Request, engine: Engine, samples: np.ndarray, options: TranscribeOptions
+) -> Transcript:
+    """Transcribe for a request whose body has been read, cancelling the work if the client
+    goes away first: its job leaves the scheduler at the next batch and its audio is freed,
+    instead of running on for nobody."""
+
+    async def work() -> Transcript:
+        try:
+            return await engine.transcribe(samples, options)
+        except EngineNotReady as exc:
+            raise ApiError(503, "model_not_ready", str(exc), {"Retry-After": "5"}) from None
+
+    async def client_gone() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    transcription = asyncio.ensure_future(work())
+    watcher = asyncio.ensure_future(client_gone())
+    try:
+        await asyncio.wait({transcription, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+        if not transcription.done():
+            transcription.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await transcription
+    if transcription.cancelled():
+        log.info("%s %s: the client went away; its transcription was stopped",
+                 request.method, request.url.path)  # fmt: skip
+        # nginx's "client closed request": nobody reads it, the access log and metrics do.
+        raise ApiError(499, "client_closed_request", "the client closed the connection")
+    return transcription.result()

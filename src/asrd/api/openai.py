@@ -34,7 +34,7 @@ from ..formats import (
 )
 from ..languages import language_name
 from ..models import canonical_name
-from .common import decode, parse_language, ready_engine
+from .common import decode, parse_language, ready_engine, transcribe_until_disconnect
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
@@ -198,18 +198,15 @@ async def _transcribe(
         raise ApiError(400, "invalid_audio", "the uploaded file is empty", param="file")
     samples = await decode(engine, data, param="file")
     del data
-
     if stream:
+        # Starlette closes the event generator when the client goes away, stopping the job.
         events = _events(engine, samples, options, max_s, max_chars)
         return StreamingResponse(
             events,
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    try:
-        transcript = await engine.transcribe(samples, options)
-    except EngineNotReady as exc:
-        raise ApiError(503, "model_not_ready", str(exc), {"Retry-After": "5"}) from None
+    transcript = await transcribe_until_disconnect(request, engine, samples, options)
     transcript.segments = split_segments(transcript.segments, max_s, max_chars)
 
     if response_format == "json":
