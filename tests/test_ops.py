@@ -1,4 +1,4 @@
-"""Operations: Prometheus metrics, the in-flight request limit, CORS."""
+"""Operations: Prometheus metrics, the in-flight request limit, overload, CORS."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import CLIPS, SERVER_ENV, AsrdServer, encode, long_english_audio, metric
+from conftest import CLIPS, SERVER_ENV, AsrdServer, encode, long_english_audio, metric, wer
 
 JFK = CLIPS["en_jfk_inaugural_1961.flac"]
 
@@ -83,3 +83,91 @@ def test_cors_only_for_listed_origins(tmp_path: Path, server: AsrdServer) -> Non
         assert other.headers.get("access-control-allow-origin") != "https://evil.example"
     finally:
         cors.stop()
+
+
+VARIANTS = ("transcoded", "_8k", "_44k", "law", "_16k")
+SHORT = [
+    clip
+    for clip in CLIPS.values()
+    if clip.language == "en"
+    and 2 <= clip.duration <= 12
+    and not any(v in clip.name for v in VARIANTS)
+]
+
+
+def test_overload_refuses_the_excess_at_once_and_serves_the_rest(tmp_path: Path) -> None:
+    """More clients than MAX_CONCURRENT_REQUESTS while the task queue is full: the excess
+    get 503 / 429 at once, every accepted request gets its right words, /hc stays fast."""
+    env = {**SERVER_ENV, "MAX_CONCURRENT_REQUESTS": "4", "MAX_TASK_QUEUE_SIZE": "3"}
+    samples, _ = long_english_audio(repeats=1)
+    long_task = encode(samples, "flac")
+    with AsrdServer(env, tmp_path / "asrd.log") as server:
+        health: list[float] = []
+        stop = threading.Event()
+
+        def watch_health() -> None:
+            while not stop.is_set():
+                started = time.monotonic()
+                assert httpx.get(f"{server.url}/hc", timeout=5).status_code == 200
+                health.append(time.monotonic() - started)
+                time.sleep(0.05)
+
+        watcher = threading.Thread(target=watch_health)
+        watcher.start()
+        http = httpx.Client(base_url=server.url, timeout=120)
+        # The worker takes the long task, three more fill the queue, the rest are refused.
+        accepted = [http.post("/api/v1/transcribe", files={"file": ("long.flac", long_task)})]
+        while http.get(f"/api/v1/tasks/{accepted[0].json()['task_id']}").json()["status"] != (
+            "processing"
+        ):
+            time.sleep(0.05)
+        for clip in SHORT[:3]:
+            accepted.append(
+                http.post("/api/v1/transcribe", files={"file": (clip.name, clip.read())})
+            )
+        assert [r.status_code for r in accepted] == [202] * 4
+        for clip in SHORT[3:5]:
+            started = time.monotonic()
+            refused = http.post("/api/v1/transcribe", files={"file": (clip.name, clip.read())})
+            assert refused.status_code == 429 and time.monotonic() - started < 1
+
+        # Meanwhile 12 sync clients at once, 4 allowed in.
+        results: list[tuple[int, float, str, object]] = []
+
+        def sync_client(index: int) -> None:
+            clip = SHORT[index % len(SHORT)]
+            started = time.monotonic()
+            if index % 2:
+                response = httpx.post(f"{server.url}/asr", content=clip.read(), timeout=120)
+            else:
+                response = httpx.post(f"{server.url}/v1/audio/transcriptions", timeout=120,
+                                      files={"file": (clip.name, clip.read())})  # fmt: skip
+            results.append((response.status_code, time.monotonic() - started, clip.transcript,
+                            response.json()))  # fmt: skip
+
+        clients = [threading.Thread(target=sync_client, args=(i,)) for i in range(12)]
+        for thread in clients:
+            thread.start()
+        for thread in clients:
+            thread.join()
+
+        served = [r for r in results if r[0] == 200]
+        refused_sync = [r for r in results if r[0] != 200]
+        assert len(served) >= 4 and len(served) + len(refused_sync) == 12
+        for _, _, transcript, body in served:
+            assert wer(transcript, body["text"]) <= 0.3  # type: ignore[index]
+        for status, elapsed, _, body in refused_sync:
+            assert status == 503 and elapsed < 1, (status, elapsed)
+            assert body["error"]["code"] == "server_busy"  # type: ignore[index]
+        for response, clip_text in zip(accepted[1:], SHORT[:3], strict=True):
+            task_id = response.json()["task_id"]
+            while (task := http.get(f"/api/v1/tasks/{task_id}").json())["status"] in (
+                "pending", "processing"
+            ):  # fmt: skip
+                time.sleep(0.1)
+            assert task["status"] == "finished"
+            assert wer(clip_text.transcript, task["result"]["text"]) <= 0.3
+        stop.set()
+        watcher.join()
+        http.close()
+        assert len(health) > 10 and max(health) < 0.5, max(health)

@@ -17,7 +17,7 @@ from .api import asr, health, openai, tasks, web
 from .auth import ApiKeyMiddleware
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
-from .errors import install_error_handlers
+from .errors import document_errors, install_error_handlers
 from .limits import FORM_LIMITS, BodySizeLimitMiddleware, RequestTimeoutMiddleware
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
 from .tasks import MemoryTaskQueue, TaskWorker
@@ -85,6 +85,13 @@ def create_app(
     )
     app.state.settings, app.state.metrics = settings, metrics
     install_error_handlers(app)
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(FastAPI.openapi(app))
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     # Innermost: a request cut short by the deadline is still counted, logged and limited.
     app.add_middleware(
         RequestTimeoutMiddleware, timeout_s=settings.request_timeout_s, exempt=UNLIMITED_PATHS

@@ -15,6 +15,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Scope, Send
 
@@ -33,6 +34,30 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
         self.param = param
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    """asrd's error shape."""
+
+    error: ErrorDetail
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None
+    code: str | None
+
+
+class OpenAIErrorResponse(BaseModel):
+    """OpenAI's error shape, under `/v1/`."""
+
+    error: OpenAIErrorDetail
 
 
 def error_body(code: str, message: str) -> dict:
@@ -121,3 +146,45 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
         return error_response(500, "internal_error", "internal server error", request=request)
+
+
+# Answers any route may give, from the middlewares (see app.py), documented on every operation.
+_COMMON_ERRORS = {
+    401: "API_KEYS is set and the request has no valid key",
+    500: "An unexpected server error (logged; the body says nothing more)",
+    503: "MAX_CONCURRENT_REQUESTS requests in progress, or the model not ready: see Retry-After",
+    504: "The request took longer than REQUEST_TIMEOUT_S",
+}
+_BODY_ERRORS = {413: "The body is over MAX_UPLOAD_MB"}
+_UNLIMITED = ("/hc", "/metrics")
+
+
+def document_errors(schema: dict) -> dict:
+    """Complete an OpenAPI schema with the errors asrd really answers, in the shape of each
+    API: the middlewares' answers on every operation, a body for each listed error status, and
+    validation errors as they are sent (400 under `/v1/`, 422 in asrd's shape elsewhere)."""
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    for model in (ErrorDetail, ErrorResponse, OpenAIErrorDetail, OpenAIErrorResponse):
+        definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(definition.pop("$defs", {}))
+        components[model.__name__] = definition
+    components.pop("HTTPValidationError", None)
+    components.pop("ValidationError", None)
+    for path, item in schema.get("paths", {}).items():
+        openai = path.startswith("/v1/")
+        shape = {"$ref": f"#/components/schemas/{'OpenAI' if openai else ''}ErrorResponse"}
+        for operation in item.values():
+            responses = operation.setdefault("responses", {})
+            validation = responses.pop("422", None)
+            if validation is not None:
+                status = "400" if openai else "422"
+                responses.setdefault(status, {"description": "Invalid parameters"})
+            extra = {} if path in _UNLIMITED else dict(_COMMON_ERRORS)
+            if "requestBody" in operation:
+                extra.update(_BODY_ERRORS)
+            for status, description in extra.items():
+                responses.setdefault(str(status), {"description": description})
+            for status, response in responses.items():
+                if status[:1] in ("4", "5") and "content" not in response:
+                    response["content"] = {"application/json": {"schema": shape}}
+    return schema

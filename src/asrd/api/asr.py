@@ -43,17 +43,8 @@ class AsrResponse(BaseModel):
     duration: float = Field(description="Length of the decoded audio, in seconds")
 
 
-class ErrorDetail(BaseModel):
-    code: str
-    message: str
-
-
-class ErrorResponse(BaseModel):
-    error: ErrorDetail
-
-
 _ERRORS = {
-    status: {"model": ErrorResponse, "description": text}
+    status: {"description": text}
     for status, text in {
         400: "Undecodable or empty audio, a malformed URL, or an unknown language",
         403: "A server path outside LOCAL_FILE_DIRS",

@@ -82,8 +82,19 @@ async def list_models(request: Request) -> ModelList:
     )
 
 
+_NOT_FOUND = {404: {"description": "Not the served model"}}
+_AUDIO_ERRORS = {
+    400: {"description": "Undecodable or empty audio, or invalid parameters"},
+    404: {"description": "`model` is not the served model"},
+    413: {"description": "Over MAX_UPLOAD_MB, or audio over MAX_AUDIO_S"},
+}
+
+
 @router.get(
-    "/models/{model_id:path}", response_model=ModelObject, summary="One model, or 404 if unknown"
+    "/models/{model_id:path}",
+    response_model=ModelObject,
+    responses=_NOT_FOUND,
+    summary="One model, or 404 if unknown",
 )
 async def get_model(request: Request, model_id: str) -> ModelObject:
     _check_model(request, model_id)
@@ -109,7 +120,7 @@ _FORM_DOC = {
 @router.post(
     "/audio/transcriptions",
     summary="Transcribe audio into the language it is spoken in",
-    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}, **_AUDIO_ERRORS},
 )
 async def create_transcription(
     request: Request,
@@ -135,7 +146,7 @@ async def create_transcription(
 @router.post(
     "/audio/translations",
     summary="Translate speech in any language into English text",
-    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}},
+    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}, **_AUDIO_ERRORS},
 )
 async def create_translation(
     request: Request,

@@ -124,19 +124,38 @@ async def _task_json(request: Request, task_id: str) -> JSONResponse:
     return JSONResponse(task.to_json(position))
 
 
-@router.get("/tasks/{task_id}", summary="A task: its state, position, result or error")
+_NOT_FOUND = {404: {"description": "No such task (unknown, cancelled or expired)"}}
+_DOWNLOAD_ERRORS = {
+    **_NOT_FOUND,
+    409: {"description": "The task has not finished (or failed): no result yet"},
+}
+
+
+@router.get(
+    "/tasks/{task_id}",
+    responses=_NOT_FOUND,
+    summary="A task: its state, position, result or error",
+)
 async def get_task(request: Request, task_id: str) -> JSONResponse:
     return await _task_json(request, task_id)
 
 
-@router.get("/status", summary="A task (the seed's form of GET /api/v1/tasks/{task_id})")
+@router.get(
+    "/status",
+    responses=_NOT_FOUND,
+    summary="A task (the seed's form of GET /api/v1/tasks/{task_id})",
+)
 async def get_status(
     request: Request, task_id: str = Query(description=TASK_ID_DOC)
 ) -> JSONResponse:
     return await _task_json(request, task_id)
 
 
-@router.delete("/tasks/{task_id}", summary="Cancel a pending or running task, or drop a result")
+@router.delete(
+    "/tasks/{task_id}",
+    responses=_NOT_FOUND,
+    summary="Cancel a pending or running task, or drop a result",
+)
 async def delete_task(request: Request, task_id: str) -> JSONResponse:
     task = await _queue(request).remove(task_id)
     if task is None:
@@ -168,17 +187,21 @@ async def _download(request: Request, task_id: str, extension: str) -> Response:
     )
 
 
-@router.get("/txt", summary="Download a finished task's text")
+@router.get("/txt", responses=_DOWNLOAD_ERRORS, summary="Download a finished task's text")
 async def download_txt(request: Request, task_id: str = Query(description=TASK_ID_DOC)) -> Response:
     return await _download(request, task_id, "txt")
 
 
-@router.get("/srt", summary="Download a finished task's subtitles (SubRip)")
+@router.get(
+    "/srt", responses=_DOWNLOAD_ERRORS, summary="Download a finished task's subtitles (SubRip)"
+)
 async def download_srt(request: Request, task_id: str = Query(description=TASK_ID_DOC)) -> Response:
     return await _download(request, task_id, "srt")
 
 
-@router.get("/vtt", summary="Download a finished task's subtitles (WebVTT)")
+@router.get(
+    "/vtt", responses=_DOWNLOAD_ERRORS, summary="Download a finished task's subtitles (WebVTT)"
+)
 async def download_vtt(request: Request, task_id: str = Query(description=TASK_ID_DOC)) -> Response:
     return await _download(request, task_id, "vtt")
 
@@ -244,7 +267,17 @@ def _from_trusted_proxy(request: Request) -> bool:
     return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
-@router.get("/logs", summary="Zip of the log files (admins only)", response_class=Response)
+@router.get(
+    "/logs",
+    summary="Zip of the log files (admins only)",
+    response_class=Response,
+    responses={
+        200: {"content": {"application/zip": {}}},
+        401: {"description": "No admin credentials"},
+        403: {"description": "Credentials that are not an admin's"},
+        404: {"description": "File logging is off (LOG_DIR is not set)"},
+    },
+)
 async def download_logs(request: Request) -> Response:
     require_admin(request)
     settings = request.app.state.settings
