@@ -72,6 +72,30 @@ def test_too_many_fields_or_files_are_refused(client: httpx.Client) -> None:
     assert_error(client.post("/asr", files={"file": ("a.flac", audio)}, data=fields), 400)
 
 
+# --- the upload limit, to the byte -----------------------------------------------------------
+
+LIMIT = 8 * 1024 * 1024  # MAX_UPLOAD_MB=8 in SERVER_ENV
+
+
+def chunks(data: bytes) -> Iterator[bytes]:
+    for start in range(0, len(data), 1 << 20):
+        yield data[start : start + (1 << 20)]
+
+
+def test_uploads_over_the_limit_by_one_byte_get_413(client: httpx.Client) -> None:
+    over, at = b"\0" * (LIMIT + 1), b"\0" * LIMIT
+    assert_error(client.post("/asr", content=over), 413, "too_large")
+    assert_error(client.post("/asr", content=chunks(over)), 413, "too_large")  # no length
+    assert_error(client.post("/asr", content=at), 400, "invalid_audio")  # at the limit: read
+    files = {"file": ("zeros.wav", over)}
+    assert_error(client.post("/asr", files=files), 413, "too_large")
+    assert_error(client.post("/api/v1/transcribe", files=files), 413, "too_large")
+    refused = client.post("/v1/audio/transcriptions", files=files)
+    assert refused.status_code == 413 and refused.json()["error"]["code"] == "too_large"
+    at_limit = client.post("/v1/audio/transcriptions", files={"file": ("zeros.wav", at)})
+    assert at_limit.status_code == 400
+
+
 # --- the request deadline -------------------------------------------------------------------
 
 

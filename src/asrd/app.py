@@ -98,8 +98,8 @@ def create_app(
     )
     app.add_middleware(
         BodySizeLimitMiddleware,
-        max_bytes=settings.max_upload_bytes + BODY_OVERHEAD_BYTES,
         upload_limit_bytes=settings.max_upload_bytes,
+        form_overhead_bytes=BODY_OVERHEAD_BYTES,
     )
     if settings.api_keys:
         app.add_middleware(

@@ -36,19 +36,26 @@ class BodyTooLarge(ApiError):
 
 
 class BodySizeLimitMiddleware:
-    """Answer 413 as soon as a body passes `max_bytes`: at once from `Content-Length`, or at
-    the chunk that crosses the limit for a streamed (chunked) body."""
+    """Answer 413 as soon as a body passes the limit: at once from `Content-Length`, or at
+    the chunk that crosses it for a streamed (chunked) body.
 
-    def __init__(self, app: ASGIApp, max_bytes: int, upload_limit_bytes: int):
-        # max_bytes: the upload limit plus room for multipart framing and form fields.
-        self.app, self.max_bytes, self.upload_limit = app, max_bytes, upload_limit_bytes
+    The limit is the upload limit itself, plus `form_overhead_bytes` for a multipart form
+    (boundaries and fields around the file; routes check the file's own size)."""
+
+    def __init__(self, app: ASGIApp, upload_limit_bytes: int, form_overhead_bytes: int):
+        self.app, self.upload_limit = app, upload_limit_bytes
+        self.form_limit = upload_limit_bytes + form_overhead_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_limit
         for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > self.max_bytes:
+            if name == b"content-type" and value.lower().startswith(b"multipart/"):
+                limit = self.form_limit
+        for name, value in scope["headers"]:
+            if name == b"content-length" and value.isdigit() and int(value) > limit:
                 await self._reject(scope, send)
                 return
         received = 0
@@ -59,7 +66,7 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > limit:
                     raise BodyTooLarge(self.upload_limit)
             return message
 

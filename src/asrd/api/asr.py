@@ -15,7 +15,13 @@ from ..engine import TranscribeOptions
 from ..errors import ApiError
 from ..inputs import load_source
 from ..limits import FORM_LIMITS
-from .common import decode, parse_language, ready_engine, transcribe_until_disconnect
+from .common import (
+    decode,
+    parse_language,
+    read_upload,
+    ready_engine,
+    transcribe_until_disconnect,
+)
 
 router = APIRouter(tags=["seed API"])
 
@@ -143,7 +149,7 @@ async def read_audio_input(request: Request) -> bytes:
         return await _read_form_file(request)
     is_raw = content_type in RAW_TYPES or content_type.startswith(("audio/", "video/"))
     if not content_type or is_raw:
-        data = await request.body()
+        data = await request.body()  # exactly capped at MAX_UPLOAD_MB by the body limit
         if not data:
             raise ApiError(400, "invalid_audio", "the request body is empty")
         return data
@@ -175,7 +181,4 @@ async def _read_form_file(request: Request) -> bytes:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "the form needs a 'file' field with the audio")
-        data = await upload.read()
-    if not data:
-        raise ApiError(400, "invalid_audio", "the uploaded file is empty")
-    return data
+        return await read_upload(upload, request.app.state.settings)

@@ -8,13 +8,28 @@ import logging
 
 import numpy as np
 from fastapi import Request
+from starlette.datastructures import UploadFile
 
 from ..audio import AudioError, AudioTooLong
+from ..config import Settings
 from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
 from ..errors import ApiError
+from ..inputs import too_large
 from ..languages import UnknownLanguage, language_code
 
 log = logging.getLogger(__name__)
+
+
+async def read_upload(upload: UploadFile, settings: Settings, param: str | None = None) -> bytes:
+    """An uploaded file's bytes, refused if empty or over MAX_UPLOAD_MB (the body limit leaves
+    room for the form around the file, so the file itself is checked here)."""
+    data = await upload.read()
+    await upload.close()
+    if not data:
+        raise ApiError(400, "invalid_audio", "the uploaded file is empty", param=param)
+    if len(data) > settings.max_upload_bytes:
+        raise too_large(settings.max_upload_bytes)
+    return data
 
 
 def ready_engine(request: Request) -> Engine:

@@ -34,7 +34,13 @@ from ..formats import (
 )
 from ..languages import language_name
 from ..models import canonical_name
-from .common import decode, parse_language, ready_engine, transcribe_until_disconnect
+from .common import (
+    decode,
+    parse_language,
+    read_upload,
+    ready_engine,
+    transcribe_until_disconnect,
+)
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
@@ -204,9 +210,7 @@ async def _transcribe(
         temperature=temperature,
         batch_size=settings.stream_batch_size if stream else None,
     )
-    data = await file.read()
-    if not data:
-        raise ApiError(400, "invalid_audio", "the uploaded file is empty", param="file")
+    data = await read_upload(file, settings, param="file")
     samples = await decode(engine, data, param="file")
     del data
     if stream:

@@ -26,7 +26,7 @@ from ..formats import TEXT_CONTENT_TYPE, to_srt, to_text, to_vtt
 from ..inputs import UrlNotAllowed, check_url_allowed
 from ..logs import short_id
 from ..tasks import QueueFull, Task, TaskStatus
-from .common import parse_language, ready_engine
+from .common import parse_language, read_upload, ready_engine
 
 router = APIRouter(prefix="/api/v1", tags=["task API"])
 
@@ -52,8 +52,7 @@ async def _submit(
             await check_url_allowed(callback_url, settings)
         except UrlNotAllowed as exc:
             raise ApiError(400, "invalid_callback_url", f"callback_url: {exc}") from None
-    data = await file.read()
-    await file.close()
+    data = await read_upload(file, settings)
     try:
         await engine.probe(data)
     except AudioError as exc:
