@@ -1,8 +1,19 @@
-"""The scheduler's pure logic: packing speech into windows, finding uncovered speech."""
+"""The scheduler's pure logic (packing speech into windows, finding uncovered speech), and
+what it holds on to once idle."""
 
 from __future__ import annotations
 
+import gc
+import time
+import weakref
+from pathlib import Path
+
+from asrd.audio import decode_audio
+from asrd.config import load_settings
+from asrd.engine import Engine, TranscribeOptions
 from asrd.scheduler import DecodedSegment, Job, JobOptions, Window, pack_spans, uncovered
+
+from conftest import CLIPS
 
 
 def test_spans_are_packed_up_to_the_limit_and_split_at_long_pauses() -> None:
@@ -28,3 +39,22 @@ def test_uncovered_speech_is_found() -> None:
     assert uncovered(window, [segment(0.0, 11.8), segment(13.1, 20.0)]) == [(20.3, 29.0)]
     # Small gaps inside the slack don't count.
     assert uncovered(window, [segment(0.2, 11.9), segment(13.0, 28.8)]) == []
+
+
+def test_an_idle_engine_holds_no_request_audio(tmp_path: Path) -> None:
+    """After a transcription (and after a cancelled one) nothing keeps the audio alive: not
+    the scheduler's last batch, not its loop variables."""
+    engine = Engine(load_settings(model_id="tiny.en", cache_dir=tmp_path, cpu_threads=2))
+    try:
+        engine.load_sync()
+        samples = decode_audio(CLIPS["en_jfk_inaugural_1961.flac"].read(), as_int16=True)
+        alive = weakref.ref(samples)
+        assert "country" in engine.transcribe_sync(samples, TranscribeOptions()).text
+        del samples
+        deadline = time.monotonic() + 5
+        while alive() is not None and time.monotonic() < deadline:
+            gc.collect()
+            time.sleep(0.05)
+        assert alive() is None
+    finally:
+        engine.close()

@@ -1,5 +1,5 @@
-"""Request limits: multipart form shapes, and the body size, enforced while the body streams
-in (not after reading it all)."""
+"""Request limits: multipart form shapes, the body size (enforced while the body streams in,
+not after reading it all) and the per-request deadline."""
 
 from __future__ import annotations
 

@@ -259,18 +259,25 @@ class Scheduler:
                 arrived = list(self._intake)
                 self._intake.clear()
             try:
-                for job in arrived:
-                    self._admit(job)
-                batch = self._pick_batch()
-                if batch:
-                    self._decode(batch)
-                # A job cancelled mid-batch may have no window left to pick: let go of it (and
-                # its audio) now, not when the next request comes.
-                self._drop_cancelled()
+                self._step(arrived)
             except Exception:  # a bug: log it, fail nothing else, keep the thread alive
                 log.exception("the scheduler hit an unexpected error")
+            finally:
+                # Hold no job between steps: an idle server keeps no request's audio.
+                arrived.clear()
+                self._in_flight = []
         for job in self._jobs + list(self._intake):
             job.future.cancel()
+
+    def _step(self, arrived: list[Job]) -> None:
+        for job in arrived:
+            self._admit(job)
+        batch = self._pick_batch()
+        if batch:
+            self._decode(batch)
+        # A job cancelled mid-batch may have no window left to pick: let go of it (and its
+        # audio) now, not when the next request comes.
+        self._drop_cancelled()
 
     def _has_work(self) -> bool:
         return any(job.pending for job in self._jobs)
