@@ -11,7 +11,16 @@ from pathlib import Path
 from asrd.audio import decode_audio
 from asrd.config import load_settings
 from asrd.engine import Engine, TranscribeOptions
-from asrd.scheduler import DecodedSegment, Job, JobOptions, Window, pack_spans, uncovered
+from asrd.scheduler import (
+    DecodedSegment,
+    DecodeSettings,
+    Job,
+    JobOptions,
+    Scheduler,
+    Window,
+    pack_spans,
+    uncovered,
+)
 
 from conftest import CLIPS
 
@@ -41,9 +50,27 @@ def test_uncovered_speech_is_found() -> None:
     assert uncovered(window, [segment(0.2, 11.9), segment(13.0, 28.8)]) == []
 
 
+def test_a_pack_part_left_without_text_is_decoded_again_alone() -> None:
+    """Two short requests packed in one window (parts at 0 s and 5 s of the pack). The text
+    covers the second part but only the first second of the first: that part goes back to
+    its job's queue to be decoded alone, with no second pass stacked on the pack's text."""
+    scheduler = Scheduler(DecodeSettings())
+    try:
+        first, second = (Job(samples=None, options=JobOptions(), windows=[]) for _ in range(2))  # type: ignore[arg-type]
+        short = Window(first, 0.0, 3.0, speech=[(0.0, 3.0)])
+        other = Window(second, 0.0, 5.0, speech=[(0.0, 5.0)])
+        output = {"avg_logprob": -0.2}
+        scheduler._check_pack([short, other], output, [segment(0.0, 1.0), segment(5.0, 10.0)])
+        assert short.solo and list(first.pending) == [short] and not short.children
+        assert short.final is None
+        assert other.final is not None and [(s.start, s.end) for s in other.final] == [(0.0, 5.0)]
+    finally:
+        scheduler.stop()
+
+
 def test_an_idle_engine_holds_no_request_audio(tmp_path: Path) -> None:
-    """After a transcription (and after a cancelled one) nothing keeps the audio alive: not
-    the scheduler's last batch, not its loop variables."""
+    """After a transcription nothing keeps its audio alive: not the scheduler's last batch,
+    not its loop variables."""
     engine = Engine(load_settings(model_id="tiny.en", cache_dir=tmp_path, cpu_threads=2))
     try:
         engine.load_sync()

@@ -600,7 +600,8 @@ class Scheduler:
 
     def _check_pack(self, item: list[Window], output: dict, segments: list[DecodedSegment]) -> None:
         """Hand a pack's segments back to its parts; a part the pack didn't serve cleanly
-        (a failed check, or a segment running across two parts) is decoded again alone."""
+        (a failed check, a segment running across two parts, speech left without text) is
+        decoded again alone."""
         settings = self.settings
         # The log-probability is the whole pack's; repetitiveness is judged part by part below
         # (requests with the same words would look repetitive together).
@@ -635,8 +636,13 @@ class Scheduler:
                 )
                 for s in owned[index]
             ]
+            if sum(e - s for s, e in uncovered(window, mapped)) >= MIN_UNCOVERED_TOTAL_S:
+                # Speech the pack's text left out: decode the part alone. (A second pass on
+                # the gap, as for solo windows, repeats words when the pack's timings are off.)
+                window.solo = True
+                window.job.pending.appendleft(window)
+                continue
             window.final = mapped
-            self._cover(window, mapped)
 
     def _encode_items(
         self, items: list[list[Window]]
