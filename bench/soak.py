@@ -534,7 +534,6 @@ def main() -> int:
     out["rss_timeline"] = watcher.samples
     out["criteria"] = criteria(out)
     out["pass"] = all(c["pass"] for c in out["criteria"].values() if c["pass"] is not None)
-    out["outcomes"] = [asdict(o) for o in outcomes]
     out["machine"] = machine()
     out["date"] = time.strftime("%Y-%m-%d %H:%M:%S")
     suffix = "" if args.url is None else "-peer"

@@ -20,6 +20,7 @@ window as they complete (streaming).
 from __future__ import annotations
 
 import concurrent.futures
+import ctypes
 import dataclasses
 import logging
 import threading
@@ -38,6 +39,26 @@ from faster_whisper.vad import VadOptions, get_speech_timestamps
 from .audio import SAMPLE_RATE, to_float32
 
 log = logging.getLogger(__name__)
+
+IDLE_TRIM_AFTER_S = 1.0
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+_MALLOC_TRIM = _malloc_trim()
+
+
+def release_free_memory() -> None:
+    """Give the memory freed by finished requests back to the system (glibc keeps it in its
+    heaps otherwise, and an idle server would look as big as its busiest moment)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
 
 WINDOW_S = 30.0
 N_FRAMES = 3000  # mel frames in a 30 s window
@@ -243,21 +264,32 @@ class Scheduler:
     # --- the scheduler thread ----------------------------------------------------------------
 
     def _run(self) -> None:
+        trimmed = True
         while True:
+            arrived: list[Job] | None = None
             with self._wakeup:
-                while not self._stopped and not self._intake and not self._has_work():
-                    self._wakeup.wait()
+                # Once idle for IDLE_TRIM_AFTER_S, wake up once to give memory back.
+                busy = self._wakeup.wait_for(
+                    lambda: self._stopped or self._intake or self._has_work(),
+                    None if trimmed else IDLE_TRIM_AFTER_S,
+                )
                 if self._stopped:
                     break
-                if (
-                    self.settings.batch_wait_ms
-                    and self._intake
-                    and self._ready_count() < (self.settings.batch_size)
-                ):
-                    # New work arrived: give its neighbours a moment to arrive too.
-                    self._wakeup.wait(self.settings.batch_wait_ms / 1000)
-                arrived = list(self._intake)
-                self._intake.clear()
+                if busy:
+                    if (
+                        self.settings.batch_wait_ms
+                        and self._intake
+                        and self._ready_count() < self.settings.batch_size
+                    ):
+                        # New work arrived: give its neighbours a moment to arrive too.
+                        self._wakeup.wait(self.settings.batch_wait_ms / 1000)
+                    arrived = list(self._intake)
+                    self._intake.clear()
+            if arrived is None:
+                release_free_memory()  # outside the lock: submitters never wait for it
+                trimmed = True
+                continue
+            trimmed = False
             try:
                 self._step(arrived)
             except Exception:  # a bug: log it, fail nothing else, keep the thread alive
