@@ -82,8 +82,8 @@ class Outcome:
     clip: str | None = None
     wer: float | None = None
     error_code: str | None = None
-    problem: str | None = None  # why it counts as wrong, 5xx or lost
-    verdict: str = "ok"  # ok, wrong, 5xx, busy, lost
+    problem: str | None = None  # why it is not ok
+    verdict: str = "ok"  # one of VERDICTS
 
 
 @dataclass
