@@ -88,7 +88,7 @@ def create_app(
 
     def openapi() -> dict:
         if app.openapi_schema is None:
-            app.openapi_schema = document_errors(FastAPI.openapi(app))
+            app.openapi_schema = document_errors(FastAPI.openapi(app), UNLIMITED_PATHS)
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]

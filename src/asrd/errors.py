@@ -156,13 +156,13 @@ _COMMON_ERRORS = {
     504: "The request took longer than REQUEST_TIMEOUT_S",
 }
 _BODY_ERRORS = {413: "The body is over MAX_UPLOAD_MB"}
-_UNLIMITED = ("/hc", "/metrics")
 
 
-def document_errors(schema: dict) -> dict:
+def document_errors(schema: dict, unlimited_paths: tuple[str, ...]) -> dict:
     """Complete an OpenAPI schema with the errors asrd really answers, in the shape of each
     API: the middlewares' answers on every operation, a body for each listed error status, and
-    validation errors as they are sent (400 under `/v1/`, 422 in asrd's shape elsewhere)."""
+    validation errors as they are sent (400 under `/v1/`, 422 in asrd's shape elsewhere).
+    `unlimited_paths` never get the middlewares' limit answers."""
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for model in (ErrorDetail, ErrorResponse, OpenAIErrorDetail, OpenAIErrorResponse):
         definition = model.model_json_schema(ref_template="#/components/schemas/{model}")
@@ -179,7 +179,7 @@ def document_errors(schema: dict) -> dict:
             if validation is not None:
                 status = "400" if openai else "422"
                 responses.setdefault(status, {"description": "Invalid parameters"})
-            extra = {} if path in _UNLIMITED else dict(_COMMON_ERRORS)
+            extra = {} if path in unlimited_paths else dict(_COMMON_ERRORS)
             if "requestBody" in operation:
                 extra.update(_BODY_ERRORS)
             for status, description in extra.items():

@@ -50,14 +50,13 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.upload_limit
-        for name, value in scope["headers"]:
-            if name == b"content-type" and value.lower().startswith(b"multipart/"):
-                limit = self.form_limit
-        for name, value in scope["headers"]:
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await self._reject(scope, send)
-                return
+        headers = dict(scope["headers"])
+        is_form = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
+        limit = self.form_limit if is_form else self.upload_limit
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._reject(scope, send)
+            return
         received = 0
         started = False
 
