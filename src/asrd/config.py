@@ -246,6 +246,24 @@ class Settings(BaseSettings):
     max_audio_s: float = Field(
         3 * 3600, gt=0, description="Longest accepted audio, in seconds of decoded sound."
     )
+    max_decoded_audio_mb: float = Field(
+        768,
+        gt=0,
+        description=(
+            "Server-wide budget for decoded audio held in memory (16 kHz 16-bit mono: 1 h is "
+            "110 MB), over every request and task being decoded or transcribed. A request that "
+            "would cross it waits up to 5 s for room, then gets 503 with Retry-After; it never "
+            "costs the server an out-of-memory. Keep it at least MAX_AUDIO_S worth (3 h: 330 MB)."
+        ),
+    )
+    max_decode_cpu_s: float = Field(
+        120,
+        gt=0,
+        description=(
+            "CPU seconds one input may spend being decoded (a small file of hours of "
+            "many-channel, high-rate audio costs minutes); beyond it, 413 `decode_too_slow`."
+        ),
+    )
     local_file_dirs: Annotated[list[Path], NoDecode] = Field(
         default_factory=list,
         description=(
@@ -287,6 +305,37 @@ class Settings(BaseSettings):
         description=(
             "Requests in progress at once (all routes but /hc and /metrics); beyond it, 503 "
             "with Retry-After at once. Unset: no limit."
+        ),
+    )
+    max_connections: int = Field(
+        1000,
+        ge=8,
+        description=(
+            "Open client connections at most (kept below the process's file-descriptor "
+            "limit). At the cap, a new connection closes the longest-idle one that has no "
+            "request in progress (so `/hc` always gets through), or is refused with 503 if "
+            "every connection is busy."
+        ),
+    )
+    keep_alive_s: float = Field(
+        5, gt=0, description="Idle keep-alive connections are closed after this many seconds."
+    )
+    header_timeout_s: float = Field(
+        10,
+        gt=0,
+        description=(
+            "A connection must send a request's complete headers within this many seconds of "
+            "connecting (or of its previous response), else it is closed (slow-header attacks)."
+        ),
+    )
+    min_upload_kb_s: float = Field(
+        8,
+        ge=0,
+        description=(
+            "Slowest accepted upload, in KB/s averaged over the body so far (after its first "
+            "10 s): a slower client gets 408 and its connection is closed, so slow bodies "
+            "can't hold the request slots. A body that sends nothing for 30 s gets 408 too. "
+            "0: no minimum rate (the 30 s idle limit stays)."
         ),
     )
     request_timeout_s: float = Field(
@@ -366,6 +415,15 @@ class Settings(BaseSettings):
         description=(
             "Total size of the uploads waiting in the queue (kept in memory, never on disk); "
             "beyond it, submissions get 429 at once."
+        ),
+    )
+    max_stored_results: int = Field(
+        1000,
+        ge=1,
+        description=(
+            "Finished and failed task results kept at most; beyond it the oldest finished "
+            "result is deleted before its DELETE_RESULTS_AFTER_M (pending and running tasks "
+            "are never dropped)."
         ),
     )
     delete_results_after_m: float = Field(
@@ -503,6 +561,10 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_decoded_audio_bytes(self) -> int:
+        return int(self.max_decoded_audio_mb * 1024 * 1024)
 
 
 class ConfigError(Exception):
