@@ -34,6 +34,32 @@ def test_public_addresses(address: str) -> None:
     assert inputs.is_public_address(address)
 
 
+# Every IPv6 form that embeds an IPv4 address is judged by it: loopback and the cloud
+# metadata address (169.254.169.254 = a9fe:a9fe) must not slip through in any of them.
+@pytest.mark.parametrize(
+    "address",
+    [
+        "::ffff:127.0.0.1", "::ffff:7f00:1", "::ffff:169.254.169.254",  # IPv4-mapped
+        "::a9fe:a9fe", "::127.0.0.1", "::10.0.0.1", "::0.0.0.2",  # IPv4-compatible
+        "::ffff:0:7f00:1", "::ffff:0:a9fe:a9fe", "::ffff:0:a00:1",  # SIIT IPv4-translated
+        "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "64:ff9b::c0a8:101",  # NAT64 well-known
+        "64:ff9b:1::a9fe:a9fe", "64:ff9b:1::808:808", "64:ff9b:1:ffff::1",  # NAT64 local-use
+        "2002:7f00:1::1", "2002:a9fe:a9fe::1", "2002:a00:1:1::1",  # 6to4
+        "2002:e000:1::1",  # 6to4 of a multicast address
+        # Teredo 2001:0:SERVER:flags:port:~CLIENT: a private server, or a private client
+        "2001:0:7f00:1::f7f7:f7f7", "2001:0:808:808::80ff:fefe", "2001:0:808:808::5601:5601",
+    ],
+)  # fmt: skip
+def test_embedded_ipv4_is_judged_by_the_ipv4_address(address: str) -> None:
+    assert not inputs.is_public_address(address)
+
+
+@pytest.mark.parametrize("address", ["::ffff:8.8.8.8", "::ffff:0:808:808", "64:ff9b::808:808"])
+def test_translated_public_ipv4_stays_public(address: str) -> None:
+    # These prefixes reach exactly the IPv4 host (kernel, SIIT, NAT64): its verdict is theirs.
+    assert inputs.is_public_address(address)
+
+
 def fetch(url: str, **settings: object) -> bytes:
     return asyncio.run(inputs.fetch_url(url, load_settings(**settings)))
 

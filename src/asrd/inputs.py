@@ -6,6 +6,7 @@ Both are capped at `MAX_UPLOAD_MB` while reading, never after.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import os
 import socket
@@ -79,10 +80,43 @@ async def check_url_allowed(url: str, settings: Settings) -> list[str] | None:
     return addresses
 
 
+# Prefixes whose last 32 bits *are* an IPv4 address: connecting to one reaches that IPv4 host
+# (through the kernel, a SIIT or a NAT64 gateway), so it is judged as that address alone.
+_IPV4_TRANSLATIONS = tuple(
+    ipaddress.IPv6Network(net)
+    for net in (
+        "::/96",  # IPv4-compatible (deprecated); also holds :: and ::1, judged non-public
+        "::ffff:0:0/96",  # IPv4-mapped
+        "::ffff:0:0:0/96",  # SIIT IPv4-translated (RFC 2765)
+        "64:ff9b::/96",  # NAT64 well-known prefix (RFC 6052)
+    )
+)
+# NAT64 local-use prefix (RFC 8215): the operator picks where the IPv4 address sits, and it
+# only ever leads into the operator's own network, so it is never public.
+_LOCAL_NAT64 = ipaddress.IPv6Network("64:ff9b:1::/48")
+
+
 def is_public_address(address: str) -> bool:
+    """Whether `address` is globally reachable: not loopback, private, link-local, CGNAT,
+    multicast, reserved or unspecified. An IPv6 address that embeds an IPv4 address (mapped,
+    compatible, SIIT, NAT64, 6to4, Teredo) is judged by that IPv4 address too, so that
+    `::ffff:127.0.0.1`, `64:ff9b::a9fe:a9fe` or `2002:7f00:1::1` can't reach what 127.0.0.1
+    or 169.254.169.254 would."""
     ip = ipaddress.ip_address(address.split("%")[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip in _LOCAL_NAT64:
+            return False
+        if any(ip in net for net in _IPV4_TRANSLATIONS):
+            return _is_public_ip(ipaddress.IPv4Address(ip.packed[-4:]))
+        # 6to4 (2002::/16) and Teredo (2001::/32, server and client) tunnel to the IPv4
+        # addresses they embed: each must be public, and so must the IPv6 address itself.
+        embedded = [ip.sixtofour] if ip.sixtofour else list(ip.teredo or ())
+        if not all(_is_public_ip(v4) for v4 in embedded):
+            return False
+    return _is_public_ip(ip)
+
+
+def _is_public_ip(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
@@ -192,7 +226,12 @@ async def read_local_file(raw_path: str, settings: Settings) -> bytes:
 
 
 def _read_allowed_file(raw_path: str, allowed_dirs: list[Path], limit: int) -> bytes:
-    path = Path(os.path.realpath(raw_path))
+    try:
+        # A NUL byte or an unencodable character: no file can have that name.
+        path = Path(os.path.realpath(raw_path))
+        os.fsencode(path)
+    except ValueError:
+        raise ApiError(400, "invalid_url", "the path is not a valid file name") from None
     if not any(path.is_relative_to(allowed) for allowed in allowed_dirs):
         raise ApiError(
             403, "forbidden_path", "the path is outside the directories listed in LOCAL_FILE_DIRS"
@@ -200,17 +239,34 @@ def _read_allowed_file(raw_path: str, allowed_dirs: list[Path], limit: int) -> b
     try:
         # O_NONBLOCK: opening a FIFO must not hang; it is rejected just below.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-    except FileNotFoundError:
-        raise ApiError(404, "file_not_found", "no such file in LOCAL_FILE_DIRS") from None
-    except OSError:
-        raise ApiError(403, "forbidden_path", "the file can't be read") from None
-    with os.fdopen(fd, "rb") as file:
-        info = os.fstat(file.fileno())
+    except OSError as exc:
+        raise _file_error(exc) from None
+    try:
+        # Checked on the descriptor, before `fdopen`, which raises for a directory.
+        info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise ApiError(400, "not_a_file", "the path is not a regular file")
         if info.st_size > limit:
             raise too_large(limit)
-        data = file.read(limit + 1)
+        with os.fdopen(fd, "rb") as file:
+            fd = -1  # the file object owns it now
+            data = file.read(limit + 1)
+    except OSError as exc:
+        raise _file_error(exc) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
     if len(data) > limit:
         raise too_large(limit)
     return data
+
+
+def _file_error(exc: OSError) -> ApiError:
+    """An allowed path that can't be opened or read, as a client error (never a 500)."""
+    if isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+        return ApiError(404, "file_not_found", "no such file in LOCAL_FILE_DIRS")
+    if isinstance(exc, IsADirectoryError):
+        return ApiError(400, "not_a_file", "the path is not a regular file")
+    if exc.errno == errno.ENAMETOOLONG:
+        return ApiError(400, "invalid_url", "the path is too long")
+    return ApiError(403, "forbidden_path", "the file can't be read")
