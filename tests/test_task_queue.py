@@ -131,3 +131,50 @@ def test_remove() -> None:
         assert await queue.remove("nope") is None
 
     asyncio.run(scenario())
+
+
+def test_stored_results_are_capped_oldest_first() -> None:
+    async def scenario() -> None:
+        clock = Clock()
+        queue = make_queue(clock, max_pending=10, max_pending_bytes=1000, max_results=2)
+        first, second, third, failed, running, waiting = (task() for _ in range(6))
+        for submitted in (first, second, third, failed, running, waiting):
+            await queue.submit(submitted)
+        await finish_next(queue)
+        clock.now += 1
+        await finish_next(queue)
+        assert await queue.get(first.id) is not None  # two results: within the cap
+        clock.now += 1
+        await finish_next(queue)  # a third: the oldest result goes
+        assert await queue.get(first.id) is None
+        assert await queue.get(second.id) is not None
+        await queue.fail(await queue.next(), "invalid_audio", "no audio")  # failures count too
+        assert await queue.get(second.id) is None
+        assert (await queue.get(third.id))[0].status is TaskStatus.FINISHED
+        assert (await queue.get(failed.id))[0].status is TaskStatus.FAILED
+        await queue.next()  # `running` is processing, `waiting` pending: neither is dropped
+        assert (await queue.get(running.id))[1] == 0
+        assert (await queue.get(waiting.id))[1] == 1
+        assert await queue.counts() == {
+            "pending": 1, "processing": 1, "finished": 1, "failed": 1
+        }  # fmt: skip
+        # A result removed or expired frees its place: the next one drops nothing.
+        await queue.remove(third.id)
+        await queue.finish(running, Transcript([], "en", 1.0))
+        assert await queue.get(failed.id) is not None
+        assert (await queue.get(running.id))[0].status is TaskStatus.FINISHED
+
+    asyncio.run(scenario())
+
+
+def test_results_unlimited_by_default() -> None:
+    async def scenario() -> None:
+        queue = make_queue(Clock(), max_pending=50, max_pending_bytes=10_000)
+        tasks = [task() for _ in range(40)]
+        for submitted in tasks:
+            await queue.submit(submitted)
+        for _ in tasks:
+            await finish_next(queue)
+        assert all([await queue.get(t.id) is not None for t in tasks])
+
+    asyncio.run(scenario())

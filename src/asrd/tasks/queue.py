@@ -53,6 +53,10 @@ class TaskQueue(ABC):
 
 
 class MemoryTaskQueue(TaskQueue):
+    """`max_results` (MAX_STORED_RESULTS) caps the finished and failed tasks kept: beyond it
+    the oldest result is deleted before it expires, so memory stays bounded however fast
+    results arrive. Pending and processing tasks are never dropped (their own limits hold)."""
+
     def __init__(
         self,
         *,
@@ -60,11 +64,14 @@ class MemoryTaskQueue(TaskQueue):
         max_pending_bytes: int,
         ttl_s: float,
         refresh_on_read: bool,
+        max_results: int | None = None,
         clock=time.time,
     ):
         self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
         self.ttl_s, self.refresh_on_read, self.clock = ttl_s, refresh_on_read, clock
+        self.max_results = max_results
         self._tasks: dict[str, Task] = {}
+        self._results: dict[str, None] = {}  # ids of done tasks, oldest result first
         self._pending: deque[str] = deque()
         self._pending_bytes = 0
         self._wakeup = asyncio.Condition()
@@ -101,7 +108,7 @@ class MemoryTaskQueue(TaskQueue):
         if task is None:
             return None
         if self._expired(task):
-            del self._tasks[task_id]
+            self._forget(task_id)
             return None
         if task.done and self.refresh_on_read:
             task.expires_at = self.clock() + self.ttl_s
@@ -116,6 +123,16 @@ class MemoryTaskQueue(TaskQueue):
         task.finished_at = self.clock()
         task.expires_at = task.finished_at + self.ttl_s
         task.audio = None
+        if task.id not in self._tasks:
+            return  # removed (cancelled) while it ran: nothing to keep
+        self._results[task.id] = None
+        if self.max_results is not None:
+            while len(self._results) > self.max_results:
+                self._forget(next(iter(self._results)))
+
+    def _forget(self, task_id: str) -> None:
+        self._tasks.pop(task_id, None)
+        self._results.pop(task_id, None)
 
     async def finish(self, task: Task, transcript: Transcript) -> None:
         task.status, task.transcript = TaskStatus.FINISHED, transcript
@@ -134,7 +151,7 @@ class MemoryTaskQueue(TaskQueue):
         if task.status is TaskStatus.PENDING:
             self._pending.remove(task_id)
             self._pending_bytes -= task.size
-        self._tasks.pop(task_id, None)
+        self._forget(task_id)
         task.audio = task.transcript = None
         return task
 
@@ -148,5 +165,5 @@ class MemoryTaskQueue(TaskQueue):
     async def sweep(self) -> int:
         expired = [task_id for task_id, task in self._tasks.items() if self._expired(task)]
         for task_id in expired:
-            del self._tasks[task_id]
+            self._forget(task_id)
         return len(expired)
