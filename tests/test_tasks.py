@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import email.message
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -92,6 +94,69 @@ def test_submit_poll_and_download(tasks_http: httpx.Client) -> None:
     vtt = webvtt.from_buffer(io.StringIO(tasks_http.get("/api/v1/vtt", params=params).text))
     assert len(vtt.captions) == len(cues)
     assert wer(JFK.transcript, tasks_http.get("/api/v1/txt", params=params).text) <= 0.15
+
+
+def submit_raw_name(http: httpx.Client, file_name: bytes, data: bytes) -> httpx.Response:
+    """Submit a form whose file name is sent byte for byte (httpx would percent-encode it)."""
+    boundary = b"asrd-test-boundary"
+    body = (
+        b"--" + boundary + b"\r\n"
+        b'Content-Disposition: form-data; name="file"; filename="' + file_name + b'"\r\n'
+        b"Content-Type: audio/wav\r\n\r\n" + data + b"\r\n--" + boundary + b"--\r\n"
+    )  # fmt: skip
+    content_type = "multipart/form-data; boundary=" + boundary.decode()
+    return http.post("/api/v1/transcribe", content=body, headers={"Content-Type": content_type})
+
+
+# RFC 6266 with the parameters asrd sends: a quoted ASCII fallback (qdtext: no `"`, no `\\`,
+# no control characters) and the exact name as an RFC 5987 ext-value (attr-chars and %XX).
+DISPOSITION = re.compile(
+    r'attachment; filename="(?P<fallback>[ !#-\[\]-~]*)"; '
+    r"(?P<extended>filename\*=UTF-8''(?:[A-Za-z0-9!#$&+.^_`|~-]|%[0-9A-F]{2})+)"
+)
+
+
+def parse_disposition(value: str) -> tuple[str, str | None]:
+    """The fallback name and the exact name of a Content-Disposition, which must match the
+    grammar; the exact name decoded by the mail parser (RFC 2231) as an independent reader."""
+    match = DISPOSITION.fullmatch(value)
+    assert match, value
+    message = email.message.EmailMessage()
+    message["Content-Disposition"] = "attachment; " + match["extended"]
+    assert not message["Content-Disposition"].defects, value
+    return match["fallback"], message.get_filename()
+
+
+def test_hostile_file_names_download_with_a_valid_header(tasks_http: httpx.Client) -> None:
+    clip = CLIPS["en_timit_LDC93S1.wav"]
+    submitted = {  # file name sent -> the name the download must carry (before `_en.srt`)
+        "raw": (b'a\x01b\nc\\"d\x1b[31m.wav', 'abc"d[31m'),  # control chars, LF, quote
+        "utf-8": ("ü.wav".encode(), "ü"),
+        "bidi": ("x\u202egpj.wav".encode(), "xgpj"),  # a right-to-left override
+        "nul": (b"\x00\x01\x7f", "transcript"),  # nothing printable left
+    }
+    ids = {}
+    for label, (name, _) in submitted.items():
+        response = submit_raw_name(tasks_http, name, clip.read())
+        assert response.status_code == 202, (label, response.text)
+        ids[label] = response.json()["task_id"]
+    # httpx percent-encodes CR, LF and quotes (as browsers do): kept as sent, harmless.
+    ids["httpx"] = submit(tasks_http, clip.read(), name='a\x01b\r\nc"d.wav')["task_id"]
+    expected = {label: stem for label, (_, stem) in submitted.items()}
+    expected["httpx"] = "a%01b%0D%0Ac%22d"
+    for label, task_id in ids.items():
+        done = wait_done(tasks_http, task_id)
+        assert done["status"] == "finished", done
+        shown = done["file_name"]
+        assert shown is None or all(c.isprintable() for c in shown), shown
+        for kind in ("srt", "txt"):
+            response = tasks_http.get(f"/api/v1/{kind}", params={"task_id": task_id})
+            assert response.status_code == 200 and response.text.strip()
+            header = response.headers["content-disposition"]
+            assert header.isascii() and header.isprintable(), header
+            fallback, file_name = parse_disposition(header)
+            assert file_name == f"{expected[label]}_en.{kind}", (label, header)
+            assert fallback.endswith(f"_en.{kind}"), header
 
 
 def test_translate_on_multilingual_model(base_server: AsrdServer) -> None:

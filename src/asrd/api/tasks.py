@@ -176,14 +176,21 @@ async def _download(request: Request, task_id: str, extension: str) -> Response:
         "vtt": lambda t: to_vtt(t.segments),
     }
     stem = Path(task.file_name or "transcript").stem or "transcript"
-    name = f"{stem}_{transcript.language}.{extension}"
-    ascii_name = name.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
-    disposition = f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(name)}"
     return PlainTextResponse(
         body[extension](transcript),
         media_type=TEXT_CONTENT_TYPE,
-        headers={"Content-Disposition": disposition},
+        headers={"Content-Disposition": attachment(f"{stem}_{transcript.language}.{extension}")},
     )
+
+
+def attachment(name: str) -> str:
+    """A Content-Disposition for downloading `name` (RFC 6266): a printable-ASCII `filename`
+    for old clients and the exact name, UTF-8 percent-encoded, in `filename*` (RFC 5987).
+    Control characters are dropped: in a header they would break the response."""
+    name = "".join(c for c in name if c.isprintable()) or "download"
+    # `"` and `\\` would end or escape the quoted string, and some clients percent-decode it.
+    fallback = "".join(c if " " <= c <= "~" and c not in '"\\%' else "_" for c in name)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(name, safe='')}"
 
 
 @router.get("/txt", responses=_DOWNLOAD_ERRORS, summary="Download a finished task's text")

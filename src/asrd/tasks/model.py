@@ -23,6 +23,19 @@ def new_task_id() -> str:
     return secrets.token_hex(16)  # unguessable: the id is the capability to read the result
 
 
+MAX_FILE_NAME = 255
+
+
+def clean_file_name(name: str | None) -> str | None:
+    """A client's file name as it is kept, shown and used for downloads: no control, format
+    (bidi overrides) or line-separator characters, no surrounding blanks, at most 255
+    characters; None when nothing is left."""
+    if name is None:
+        return None
+    kept = "".join(c if c.isprintable() else "" for c in name).strip()
+    return kept[:MAX_FILE_NAME] or None
+
+
 def _iso(timestamp: float | None) -> str | None:
     if timestamp is None:
         return None
@@ -45,6 +58,9 @@ class Task:
     transcript: Transcript | None = None
     error: dict | None = None
     cancelled: bool = False
+
+    def __post_init__(self) -> None:
+        self.file_name = clean_file_name(self.file_name)
 
     @property
     def size(self) -> int:
