@@ -4,7 +4,8 @@
 
 Routes raise `ApiError`; the handlers here turn it, FastAPI's validation errors, Starlette's
 HTTP errors and any unexpected exception into that shape. An unexpected exception is logged
-with its traceback and answered with a generic 500 that leaks nothing.
+with its traceback and answered with a generic 500 that leaks nothing. A client that hangs up
+before its body is read is no error of asrd's: one INFO line, and 499 in the access log.
 """
 
 from __future__ import annotations
@@ -17,7 +18,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.types import Scope, Send
+
+from .logs import escape, request_target
 
 log = logging.getLogger(__name__)
 
@@ -139,13 +143,31 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if isinstance(exc.__cause__, ClientDisconnect):
+            # FastAPI turns a hang-up while it parses a form into "400 error parsing the body".
+            return _client_closed(request)
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         return error_response(exc.status_code, code, str(exc.detail), exc.headers, request=request)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+        return _client_closed(request)  # a route reading the body itself (`/asr`)
+
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
+        log.exception("unexpected error on %s %s", escape(request.method),
+                      request_target(request.scope))  # fmt: skip
         return error_response(500, "internal_error", "internal server error", request=request)
+
+
+def _client_closed(request: Request) -> JSONResponse:
+    """The client hung up before its request was read (Starlette's `ClientDisconnect`): nobody
+    reads the answer; the access log and metrics count it as nginx's 499."""
+    log.info("%s %s: the client closed the connection before sending its whole request",
+             escape(request.method), request_target(request.scope))  # fmt: skip
+    return error_response(
+        499, "client_closed_request", "the client closed the connection", request=request
+    )
 
 
 # Answers any route may give, from the middlewares (see app.py), documented on every operation.

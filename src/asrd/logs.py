@@ -1,17 +1,52 @@
 """Logging: console and optional rotating files, task ids shortened in privacy mode. (The
 one-line access log is written by `metrics.MetricsMiddleware`, which times every request
-anyway.) Transcripts are never logged: no code path passes text to a logger."""
+anyway.) Transcripts are never logged: no code path passes text to a logger.
+
+A log line is one line whatever a client sends: every message's control characters are
+escaped by the formatter (`\\n`, `\\x1b`), and request targets are logged as sent
+(percent-encoded), so a path with `%0a` can't forge a line or colour a terminal."""
 
 from __future__ import annotations
 
 import logging
 import re
 from logging.handlers import TimedRotatingFileHandler
+from urllib.parse import quote_from_bytes
+
+from starlette.types import Scope
 
 from .config import Settings
 
 TASK_ID = re.compile(r"\b([0-9a-f]{4})[0-9a-f]{24}([0-9a-f]{4})\b")
 ACCESS = logging.getLogger("asrd.access")
+
+# C0 and C1 controls and DEL (newlines, ESC sequences), Unicode line and paragraph separators,
+# and the bidi overrides that would make a line read differently than it is written.
+CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+# Bytes kept as they are in a logged request target: printable ASCII, no space.
+_TARGET_SAFE = bytes(range(0x21, 0x7F)).decode()
+
+
+def escape(text: str) -> str:
+    """`text` on one line: control characters written as Python escapes (`\\n`, `\\x1b`)."""
+    return CONTROL.sub(lambda found: found.group().encode("unicode_escape").decode(), text)
+
+
+def request_target(scope: Scope) -> str:
+    """The request's path and query as the client sent them (percent-encoded, not decoded as
+    `scope["path"]` is), with any byte that is not printable ASCII percent-encoded too."""
+    raw = scope.get("raw_path") or scope["path"].encode("utf-8", "surrogateescape")
+    query = scope.get("query_string", b"")
+    return quote_from_bytes(raw + (b"?" + query if query else b""), safe=_TARGET_SAFE)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Escapes control characters in each message (defence in depth: whatever a logged
+    string holds, it can't start a new line); the traceback after it stays multi-line."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = escape(record.message)
+        return super().formatMessage(record)
 
 
 def short_id(task_id: str) -> str:
@@ -30,7 +65,7 @@ class PrivacyFilter(logging.Filter):
 
 
 def setup_logging(settings: Settings) -> None:
-    formatter = logging.Formatter(settings.log_format, settings.log_date_format, style="{")
+    formatter = EscapingFormatter(settings.log_format, settings.log_date_format, style="{")
     handlers: list[logging.Handler] = [logging.StreamHandler()]
     if settings.log_dir is not None:
         settings.log_dir.mkdir(parents=True, exist_ok=True)

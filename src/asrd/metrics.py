@@ -10,10 +10,15 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import send_error
+from .logs import escape, request_target
 
 ACCESS = logging.getLogger("asrd.access")
 
 UNLIMITED_PATHS = ("/hc", "/metrics")
+# Label values come from bounded sets only, so no client can grow /metrics without end: any
+# other method is `other`, a path no route matched is `unmatched`.
+METHODS = frozenset({"GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS"})
+MAX_LOGGED_METHOD = 32
 
 
 class Metrics:
@@ -105,15 +110,16 @@ class MetricsMiddleware:
             self.metrics.in_flight.dec()
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            method = scope["method"] if scope["method"] in METHODS else "other"
+            self.metrics.requests.labels(method, route, str(status)).inc()
             self.metrics.latency.labels(route).observe(elapsed)
             _access_log(scope, status, elapsed)
 
 
 def _access_log(scope: Scope, status: int, elapsed_s: float) -> None:
-    query = scope.get("query_string", b"").decode("latin-1")
-    path = scope["path"] + (f"?{query}" if query else "")
-    ACCESS.info("%s %s %d %.0fms", scope["method"], path, status, elapsed_s * 1000)
+    # The target as sent (`%0a` stays `%0a`), the method escaped and cut short: one line, always.
+    method = escape(scope["method"][:MAX_LOGGED_METHOD])
+    ACCESS.info("%s %s %d %.0fms", method, request_target(scope), status, elapsed_s * 1000)
 
 
 async def _reject(scope: Scope, send: Send, limit: int) -> None:
