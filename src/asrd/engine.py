@@ -28,7 +28,8 @@ import ctranslate2
 import numpy as np
 from faster_whisper import WhisperModel
 
-from .audio import SAMPLE_RATE, decode_audio, probe_audio
+from .audio import SAMPLE_RATE, DecodedAudio, decode, decode_audio, probe_audio
+from .budget import MemoryBudget
 from .config import Settings
 from .models import canonical_name, choose_model_id, resolve_model
 from .scheduler import DecodedSegment, DecodeSettings, JobOptions, JobResult, Scheduler, new_job
@@ -136,6 +137,7 @@ class Engine:
         self._model: WhisperModel | None = None
         self.decode_settings = self._decode_settings()
         self.scheduler = Scheduler(self.decode_settings)
+        self.audio_budget = MemoryBudget(settings.max_decoded_audio_bytes)
         self.on_transcribed: Callable[[float, float], None] | None = None  # metrics hook
         self._multilingual: bool | None = None
         # Loading and unloading, one at a time (inference runs on the scheduler's thread).
@@ -324,13 +326,34 @@ class Engine:
             len(result.text.split()),
         )
 
-    async def decode(self, data: bytes) -> np.ndarray:
-        """Decode audio bytes off the event loop, to int16 samples (see `audio.decode_audio`)."""
-        loop = asyncio.get_running_loop()
-        limit = self.settings.max_audio_s
-        return await loop.run_in_executor(
-            self._decoder, lambda: decode_audio(data, max_duration_s=limit, as_int16=True)
-        )
+    async def decode(self, data: bytes, *, wait_s: float | None = None) -> DecodedAudio:
+        """Decode audio bytes off the event loop, to int16 samples (see `audio.decode`),
+        within MAX_AUDIO_S, MAX_DECODE_CPU_S and the server's decoded-audio budget, which
+        the samples hold until they are freed (waiting up to `wait_s` for room, else
+        `BudgetExceeded`). Cancelling the call stops the decoding thread too."""
+        reservation = self.audio_budget.reservation()
+        cancelled = threading.Event()
+
+        def run() -> DecodedAudio:
+            try:
+                audio = decode(
+                    data,
+                    max_duration_s=self.settings.max_audio_s,
+                    max_cpu_s=self.settings.max_decode_cpu_s,
+                    reserve=lambda nbytes: reservation.grow(nbytes, wait_s),
+                    cancelled=cancelled,
+                )
+            except BaseException:
+                reservation.release()
+                raise
+            reservation.hold_until_freed(audio.samples)
+            return audio
+
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._decoder, run)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
 
     async def probe(self, data: bytes) -> None:
         """Check, without decoding it all, that `data` holds an audio stream (`AudioError`)."""

@@ -34,9 +34,10 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import get_compression_ratio, get_suppressed_tokens
-from faster_whisper.vad import VadOptions, get_speech_timestamps
+from faster_whisper.vad import VadOptions
 
 from .audio import SAMPLE_RATE, to_float32
+from .vad import speech_spans
 
 log = logging.getLogger(__name__)
 
@@ -181,12 +182,10 @@ def speech_windows(
         starts = np.arange(0, duration, limit)
         return [(s, min(s + limit, duration), [(s, min(s + limit, duration))]) for s in starts]
     vad = VadOptions(max_speech_duration_s=limit, min_silence_duration_ms=160)
-    # One call over the whole audio: cutting it into blocks for VAD cost words at the block
-    # edges (measured: base WER 4.9% -> 8.7% with 30 s blocks). faster-whisper's VAD already
-    # runs its model in bounded batches.
+    # One pass over the whole audio (cutting it into independent blocks for VAD cost words at
+    # the block edges: base WER 4.9% -> 8.7% with 30 s blocks), in bounded memory.
     spans = [
-        (chunk["start"] / SAMPLE_RATE, chunk["end"] / SAMPLE_RATE)
-        for chunk in get_speech_timestamps(to_float32(samples), vad)
+        (start / SAMPLE_RATE, end / SAMPLE_RATE) for start, end in speech_spans(samples, vad)
     ]
     return pack_spans(spans, limit, duration)
 

@@ -21,6 +21,7 @@ from .common import (
     read_upload,
     ready_engine,
     transcribe_until_disconnect,
+    warning_headers,
 )
 
 router = APIRouter(tags=["seed API"])
@@ -47,18 +48,23 @@ class AsrResponse(BaseModel):
     chunks: list[Chunk]
     language: str = Field(description="Language of the speech (ISO 639-1)")
     duration: float = Field(description="Length of the decoded audio, in seconds")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Set when part of the audio could not be decoded (damaged or cut short)",
+    )
 
 
 _ERRORS = {
     status: {"description": text}
     for status, text in {
-        400: "Undecodable or empty audio, a malformed URL, or an unknown language",
+        400: "Undecodable or empty audio, a format that is not audio, a malformed URL, or an "
+        "unknown language",
         403: "A server path outside LOCAL_FILE_DIRS",
-        413: "Audio over MAX_UPLOAD_MB or MAX_AUDIO_S",
+        413: "Audio over MAX_UPLOAD_MB, MAX_AUDIO_S or MAX_DECODE_CPU_S",
         415: "Unsupported Content-Type",
         422: "JSON or form without the expected field",
         502: "Downloading the URL failed",
-        503: "The model is not loaded yet",
+        503: "The model is not loaded yet, or the decoded-audio budget is full",
         504: "Downloading the URL timed out",
     }.items()
 }
@@ -108,9 +114,13 @@ async def asr(
         language=parse_language(engine, language), task=task, word_timestamps=word_timestamps
     )
     data = await read_audio_input(request)
-    samples = await decode(engine, data)
+    audio = await decode(engine, data)
     del data
+    samples, warnings = audio.samples, list(audio.warnings)
+    headers = warning_headers(audio)
+    del audio
     transcript = await transcribe_until_disconnect(request, engine, samples, options)
+    del samples
 
     elapsed = time.perf_counter() - started
     if word_timestamps:
@@ -129,14 +139,17 @@ async def asr(
         chunks=chunks,
         language=transcript.language,
         duration=round(transcript.duration, 3),
+        warnings=warnings,
     )
-    headers = {
+    headers |= {
         "X-Processing-Time": f"{elapsed:.3f}",
         "X-Audio-Length": f"{transcript.duration:.3f}",
         "X-Realtime-Factor": f"{transcript.duration / max(elapsed, 1e-6):.2f}",
         "X-Model-ID": engine.model_id,
     }
-    return JSONResponse(body.model_dump(), headers=headers)
+    # `warnings` only when there are some: the seed's clients see the shape they know.
+    content = body.model_dump(exclude=None if warnings else {"warnings"})
+    return JSONResponse(content, headers=headers)
 
 
 async def read_audio_input(request: Request) -> bytes:
@@ -165,7 +178,7 @@ async def read_audio_input(request: Request) -> bytes:
 def _parse_url_request(raw: bytes) -> UrlRequest:
     try:
         payload = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ApiError(400, "invalid_json", "the body is not valid JSON") from None
     if not isinstance(payload, dict) or "url" not in payload:
         raise ApiError(422, "invalid_request", 'a JSON body must be an object with a "url" field')

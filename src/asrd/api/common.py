@@ -10,7 +10,8 @@ import numpy as np
 from fastapi import Request
 from starlette.datastructures import UploadFile
 
-from ..audio import AudioError, AudioTooLong
+from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
+from ..budget import BudgetExceeded
 from ..config import Settings
 from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
 from ..errors import ApiError
@@ -41,13 +42,29 @@ def ready_engine(request: Request) -> Engine:
     return engine
 
 
-async def decode(engine: Engine, data: bytes, param: str | None = None) -> np.ndarray:
+async def decode(engine: Engine, data: bytes, param: str | None = None) -> DecodedAudio:
+    """Decoded audio for a request, or the `ApiError` that says why not."""
     try:
         return await engine.decode(data)
+    except UnsupportedFormat as exc:
+        raise ApiError(400, "unsupported_format", str(exc), param=param) from None
     except AudioError as exc:
         raise ApiError(400, "invalid_audio", str(exc), param=param) from None
     except AudioTooLong as exc:
         raise ApiError(413, "audio_too_long", str(exc), param=param) from None
+    except DecodeTooSlow as exc:
+        raise ApiError(413, "decode_too_slow", str(exc), param=param) from None
+    except BudgetExceeded as exc:
+        if not exc.fits_ever:
+            raise ApiError(413, "audio_too_long", str(exc), param=param) from None
+        raise ApiError(503, "server_busy", str(exc), headers={"Retry-After": "5"}) from None
+
+
+def warning_headers(audio: DecodedAudio) -> dict[str, str]:
+    """`X-Audio-Warnings` when part of the audio could not be decoded (never silent)."""
+    if not audio.warnings:
+        return {}
+    return {"X-Audio-Warnings": "; ".join(audio.warnings)}
 
 
 def parse_language(engine: Engine, value: str | None) -> str | None:

@@ -40,6 +40,7 @@ from .common import (
     read_upload,
     ready_engine,
     transcribe_until_disconnect,
+    warning_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ _NOT_FOUND = {404: {"description": "Not the served model"}}
 _AUDIO_ERRORS = {
     400: {"description": "Undecodable or empty audio, or invalid parameters"},
     404: {"description": "`model` is not the served model"},
-    413: {"description": "Over MAX_UPLOAD_MB, or audio over MAX_AUDIO_S"},
+    413: {"description": "Over MAX_UPLOAD_MB, or audio over MAX_AUDIO_S or MAX_DECODE_CPU_S"},
 }
 
 
@@ -211,29 +212,37 @@ async def _transcribe(
         batch_size=settings.stream_batch_size if stream else None,
     )
     data = await read_upload(file, settings, param="file")
-    samples = await decode(engine, data, param="file")
+    audio = await decode(engine, data, param="file")
     del data
+    headers = warning_headers(audio)
     if stream:
         # Starlette closes the event generator when the client goes away, stopping the job.
-        events = _events(engine, samples, options, max_s, max_chars)
+        events = _events(engine, audio.samples, options, max_s, max_chars)
+        del audio  # the generator holds the samples now (and frees them when it ends)
         return StreamingResponse(
             events,
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers},
         )
+    samples = audio.samples
+    del audio
     transcript = await transcribe_until_disconnect(request, engine, samples, options)
+    del samples
     transcript.segments = split_segments(transcript.segments, max_s, max_chars)
 
     if response_format == "json":
-        return JSONResponse({"text": transcript.text, "usage": usage(transcript)})
+        body = {"text": transcript.text, "usage": usage(transcript)}
+        return JSONResponse(body, headers=headers)
     if response_format == "verbose_json":
         body = to_verbose_json(
             transcript, with_segments="segment" in granularities, with_words=with_words
         )
-        return JSONResponse(body)
+        return JSONResponse(body, headers=headers)
     segments = transcript.segments
     rendered = {"text": to_text(transcript), "srt": to_srt(segments), "vtt": to_vtt(segments)}
-    return PlainTextResponse(rendered[response_format], media_type=TEXT_CONTENT_TYPE)
+    return PlainTextResponse(
+        rendered[response_format], media_type=TEXT_CONTENT_TYPE, headers=headers
+    )
 
 
 def _sse(payload: dict) -> str:

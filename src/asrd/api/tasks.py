@@ -19,7 +19,7 @@ from fastapi import APIRouter, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
 from .. import __version__
-from ..audio import AudioError
+from ..audio import AudioError, UnsupportedFormat
 from ..auth import key_matches
 from ..errors import ApiError
 from ..formats import TEXT_CONTENT_TYPE, to_srt, to_text, to_vtt
@@ -56,7 +56,8 @@ async def _submit(
     try:
         await engine.probe(data)
     except AudioError as exc:
-        raise ApiError(400, "invalid_audio", str(exc)) from None
+        code = "unsupported_format" if isinstance(exc, UnsupportedFormat) else "invalid_audio"
+        raise ApiError(400, code, str(exc)) from None
     task = Task(
         type=kind, audio=data, language=code, file_name=file.filename, callback_url=callback_url
     )

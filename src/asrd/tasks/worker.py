@@ -10,16 +10,29 @@ import logging
 
 import httpx
 
-from ..audio import AudioError, AudioTooLong
+from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
+from ..budget import BudgetExceeded
 from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
 from ..inputs import UrlNotAllowed, send_checked
 from ..logs import short_id
-from .model import Task
+from .model import Task, TaskStatus
 from .queue import TaskQueue
 
 log = logging.getLogger(__name__)
 
 CALLBACK_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+BUDGET_RETRY_S = 1.0
+
+
+def _failure_code(exc: Exception) -> str:
+    """The task's error code, as the sync routes name the same failure."""
+    if isinstance(exc, UnsupportedFormat):
+        return "unsupported_format"
+    if isinstance(exc, AudioError):
+        return "invalid_audio"
+    if isinstance(exc, DecodeTooSlow):
+        return "decode_too_slow"
+    return "audio_too_long"
 
 
 class TaskWorker:
@@ -29,15 +42,20 @@ class TaskWorker:
         self.idle = asyncio.Event()  # set while no task runs (shutdown waits for it)
         self.idle.set()
         self._callbacks: set[asyncio.Task] = set()
+        self._stopping = False
+        self._runner: asyncio.Task | None = None
 
     async def run(self) -> None:
-        while True:
+        self._runner = asyncio.current_task()
+        while not self._stopping:
             task = await self.queue.next()
             self.current = task
             self.idle.clear()
             try:
                 await self._process(task)
             except asyncio.CancelledError:
+                if self._stopping and not task.cancelled:  # cut by the end of the shutdown grace
+                    await self._fail_for_shutdown(task, "the server shut down while it ran")
                 raise
             except Exception:  # a bug, not the task's fault: report it, keep going
                 log.exception("task %s: unexpected error", short_id(task.id))
@@ -54,13 +72,18 @@ class TaskWorker:
         log.info("task %s: started", short_id(task.id))
         audio, task.audio = task.audio or b"", None
         try:
-            samples = await self.engine.decode(audio)
-        except (AudioError, AudioTooLong) as exc:
-            code = "invalid_audio" if isinstance(exc, AudioError) else "audio_too_long"
+            decoded = await self._decode(task, audio)
+        except (AudioError, AudioTooLong, DecodeTooSlow, BudgetExceeded) as exc:
+            code = _failure_code(exc)
             await self.queue.fail(task, code, str(exc))
             log.info("task %s: failed (%s)", short_id(task.id), code)
             return
         del audio
+        if decoded is None:  # cancelled while waiting for room
+            log.info("task %s: cancelled", short_id(task.id))
+            return
+        samples = decoded.samples
+        del decoded
         options = TranscribeOptions(language=task.language, task=task.type)
         transcript: Transcript | None = None
         try:
@@ -85,6 +108,19 @@ class TaskWorker:
             (task.finished_at or 0) - (task.started_at or 0),
         )
 
+    async def _decode(self, task: Task, audio: bytes) -> DecodedAudio | None:
+        """The task's audio, decoded once the decoded-audio budget has room (a task waits
+        for it, where a request would get 503); None if the task is cancelled meanwhile."""
+        while True:
+            try:
+                return await self.engine.decode(audio)
+            except BudgetExceeded as exc:
+                if not exc.fits_ever:
+                    raise
+            if task.cancelled:
+                return None
+            await asyncio.sleep(BUDGET_RETRY_S)
+
     async def _post_callback(self, task: Task) -> None:
         """POST the finished task to its `callback_url` (checked again: DNS may have changed)."""
         assert task.callback_url
@@ -101,6 +137,27 @@ class TaskWorker:
         except httpx.HTTPError as exc:
             status = type(exc).__name__
         log.info("task %s: callback answered %s", short_id(task.id), status)
+
+    def stop(self) -> None:
+        """Start no new task (the server is shutting down); the running one goes on."""
+        self._stopping = True
+        if self.current is None and self._runner is not None:
+            # Waiting in `queue.next()`, which takes a task in the same step as it returns it:
+            # cancelled here, it has taken none.
+            self._runner.cancel()
+
+    async def fail_pending(self) -> int:
+        """After `stop()`: fail every task still waiting, oldest first; return how many."""
+        failed = 0
+        while (await self.queue.counts())[TaskStatus.PENDING] > 0:
+            task = await self.queue.next()  # the oldest, at once (no waiting: one is pending)
+            await self._fail_for_shutdown(task, "the server shut down before it could start")
+            failed += 1
+        return failed
+
+    async def _fail_for_shutdown(self, task: Task, why: str) -> None:
+        await self.queue.fail(task, "shutting_down", f"{why}; submit it again")
+        log.info("task %s: failed (shutting_down: %s)", short_id(task.id), why)
 
     async def drain_callbacks(self) -> None:
         if self._callbacks:
