@@ -151,7 +151,7 @@ def model_dir() -> str:
 class AsrdServer:
     """A real `asrd serve` process on a free port, with its log captured to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path):
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -162,6 +162,7 @@ class AsrdServer:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "asrd", "serve"],
             env=full_env,
+            cwd=cwd,
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
