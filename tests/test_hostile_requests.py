@@ -166,7 +166,7 @@ def test_server_paths_that_are_no_file(client: httpx.Client, allowed_dir: Path) 
         return client.post("/asr", content=body, headers={"Content-Type": "application/json"})
 
     assert_error(post(f"{allowed_dir}/jfk\0.flac"), 400, "invalid_url")
-    assert_error(post(f"{allowed_dir}/\ud800.flac"), 400, "invalid_url")
+    assert_error(post(f"{allowed_dir}/\ud800.flac"), 422, "invalid_request")  # not a string
     assert_error(post(f"{allowed_dir}/{'x' * 5000}.flac"), 400, "invalid_url")
     for directory in (
         str(allowed_dir),

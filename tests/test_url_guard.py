@@ -7,7 +7,9 @@ localhost or [::1] (private) must be refused before any connection is made."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+from pathlib import Path
 from urllib.parse import quote, urlsplit
 
 import pytest
@@ -111,3 +113,33 @@ def test_redirect_loops_stop(file_server: str) -> None:
     with pytest.raises(ApiError) as excinfo:
         fetch(f"{file_server}/loop", allow_private_urls=True)
     assert excinfo.value.status == 502 and "redirects" in excinfo.value.message
+
+
+# --- server paths (`{"url": "/path"}` below LOCAL_FILE_DIRS) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "code"),
+    [
+        ("a\0b.wav", 400, "invalid_url"),  # NUL: no file has that name
+        ("\ud800.wav", 400, "invalid_url"),  # a lone surrogate can't be a file name
+        ("x" * 5000, 400, "invalid_url"),  # ENAMETOOLONG
+        ("", 400, "not_a_file"),  # the allowed directory itself
+        ("sub", 400, "not_a_file"),
+        ("clip.wav/inside", 404, "file_not_found"),  # ENOTDIR
+        ("missing.wav", 404, "file_not_found"),
+        ("locked.wav", 403, "forbidden_path"),  # unreadable (unless the tests run as root)
+    ],
+)
+def test_server_path_errors(tmp_path: Path, name: str, status: int, code: str) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "clip.wav").write_bytes(b"RIFF")
+    locked = tmp_path / "locked.wav"
+    locked.write_bytes(b"RIFF")
+    locked.chmod(0)
+    if name == "locked.wav" and os.access(locked, os.R_OK):
+        pytest.skip("running as root: every file is readable")
+    settings = load_settings(local_file_dirs=str(tmp_path))
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(inputs.load_source(f"{tmp_path}/{name}", settings))
+    assert (refused.value.status, refused.value.code) == (status, code)
