@@ -83,8 +83,13 @@ def multichannel_wav(samples: np.ndarray, channels: int, rate: int) -> bytes:
     pcm[:, -1] = (np.clip(speech, -1, 1) * 32767).astype("<i2")
     data = pcm.tobytes()
     fmt = struct.pack("<IHHIIHH", 16, 1, channels, rate, rate * channels * 2, channels * 2, 16)
-    return b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVEfmt " + fmt + b"data" + (
-        struct.pack("<I", len(data)) + data
+    return (
+        b"RIFF"
+        + struct.pack("<I", 36 + len(data))
+        + b"WAVEfmt "
+        + fmt
+        + b"data"
+        + (struct.pack("<I", len(data)) + data)
     )
 
 

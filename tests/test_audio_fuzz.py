@@ -1,6 +1,7 @@
 """Fuzzing the audio decoder: random bytes, truncated files and damaged files of every format
 asrd is tested with. Each must decode to sane samples or raise `AudioError` (a clean 400 at
-the API), fast: never another exception, a crash or a hang.
+the API), fast: never another exception, a crash or a hang; and no input ever reaches a
+demuxer that is not on the audio allow-list.
 
 Derandomized, so CI runs the same examples every time; `ASRD_FUZZ_EXAMPLES` runs more."""
 
@@ -9,12 +10,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from asrd import audio
 from asrd.audio import AudioError, AudioTooLong, decode_audio, probe_audio
 
 from conftest import CLIPS
@@ -41,10 +44,26 @@ FUZZ = settings(
     database=None,
 )
 MAX_SECONDS_PER_INPUT = 5.0
+OPENED: list[str] = []  # the demuxer of every container the decoder opened
+
+
+@pytest.fixture(autouse=True, scope="module")
+def record_demuxers() -> Iterator[None]:
+    real_open = audio.av.open
+
+    def recording_open(*args, **kwargs):
+        container = real_open(*args, **kwargs)
+        OPENED.append(container.format.name)
+        return container
+
+    audio.av.open = recording_open
+    yield
+    audio.av.open = real_open
 
 
 def check_decodes_cleanly(data: bytes) -> None:
     started = time.monotonic()
+    OPENED.clear()
     try:
         samples = decode_audio(data, max_duration_s=60, as_int16=True)
     except (AudioError, AudioTooLong):
@@ -55,12 +74,37 @@ def check_decodes_cleanly(data: bytes) -> None:
         probe_audio(data)
     elapsed = time.monotonic() - started
     assert elapsed < MAX_SECONDS_PER_INPUT, f"{len(data)} bytes took {elapsed:.1f} s"
+    for demuxer in OPENED:
+        assert set(demuxer.split(",")) & audio.ALLOWED_DEMUXERS, f"{demuxer} ran"
 
 
 @FUZZ
 @given(st.binary(max_size=8192))
 def test_random_bytes(data: bytes) -> None:
     check_decodes_cleanly(data)
+
+
+@FUZZ
+@given(
+    st.sampled_from(
+        [
+            b"ffconcat version 1.0\n",
+            b"v=0\r\n",
+            b"#EXTM3U\n",
+            b"-SE\n",
+            b"1\n00:00:01,000 --> ",
+            b"WEBVTT\n",
+            b"<?xml ",
+            b"\x89PNG\r\n\x1a\n",
+            b"GIF89a",
+            b"[Script Info]\n",
+        ]
+    ),
+    st.binary(max_size=2048),
+)
+def test_text_formats_with_random_tails(head: bytes, tail: bytes) -> None:
+    """Starts of playlists, SDP, HLS, SBaGen, subtitles and images: never demuxed."""
+    check_decodes_cleanly(head + tail)
 
 
 @FUZZ

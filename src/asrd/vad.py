@@ -48,9 +48,7 @@ def _probabilities(samples: np.ndarray) -> Iterator[np.ndarray]:
         contexts = np.concatenate([context[np.newaxis, :], rows[:-1, -CONTEXT:]])
         context = rows[-1, -CONTEXT:].copy()
         model_input = np.concatenate([contexts, rows], axis=1)
-        output, h, c = model.session.run(
-            None, {"input": model_input, "h": state[0], "c": state[1]}
-        )
+        output, h, c = model.session.run(None, {"input": model_input, "h": state[0], "c": state[1]})
         state = h, c
         yield output.reshape(-1)
 
@@ -61,9 +59,7 @@ def _as_float(samples: np.ndarray) -> np.ndarray:
     return samples.astype(np.float32, copy=False)
 
 
-def _spans(
-    probabilities: np.ndarray, length: int, options: VadOptions
-) -> list[tuple[int, int]]:
+def _spans(probabilities: np.ndarray, length: int, options: VadOptions) -> list[tuple[int, int]]:
     """Silero's rules: speech starts where the probability reaches the threshold and ends after
     `min_silence_duration_ms` below `neg_threshold`; spans longer than `max_speech_duration_s`
     are cut at the last pause of at least 98 ms, else at the limit; spans shorter than
