@@ -17,6 +17,7 @@ from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
 from ..errors import ApiError
 from ..inputs import too_large
 from ..languages import UnknownLanguage, language_code
+from ..logs import request_target
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +109,7 @@ async def transcribe_until_disconnect(
                 await transcription
     if transcription.cancelled():
         log.info("%s %s: the client went away; its transcription was stopped",
-                 request.method, request.url.path)  # fmt: skip
+                 request.method, request_target(request.scope))  # fmt: skip
         # nginx's "client closed request": nobody reads it, the access log and metrics do.
         raise ApiError(499, "client_closed_request", "the client closed the connection")
     return transcription.result()
