@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from asrd import engine as engine_module
-from asrd.config import load_settings
+from asrd.config import ConfigError, load_settings
 from asrd.engine import choose_device
 from asrd.models import choose_model_id
 
@@ -111,5 +111,5 @@ def test_use_gpu_if_available(monkeypatch: pytest.MonkeyPatch) -> None:
     assert choose_device(load_settings()).compute_type == "int8"
     monkeypatch.setattr(engine_module.ctranslate2, "get_cuda_device_count", lambda: 0)
     monkeypatch.setenv("DEVICE", "cuda")
-    with pytest.raises(RuntimeError, match="no usable CUDA device"):
+    with pytest.raises(ConfigError, match="no usable CUDA device"):
         choose_device(load_settings())

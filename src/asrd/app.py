@@ -18,8 +18,14 @@ from .auth import ApiKeyMiddleware
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import document_errors, install_error_handlers
-from .limits import FORM_LIMITS, BodySizeLimitMiddleware, RequestTimeoutMiddleware
+from .limits import (
+    FORM_LIMITS,
+    BodySizeLimitMiddleware,
+    RequestTimeoutMiddleware,
+    UploadRateMiddleware,
+)
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
+from .server import ShutdownMiddleware, ShutdownState
 from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
@@ -37,6 +43,8 @@ def create_app(
     ready. `on_load_failure` is called with the reason if it can't load (the CLI exits then)."""
     settings = settings or load_settings()
     metrics = Metrics()
+    # Begun by the server when SIGTERM/SIGINT arrives (or by the lifespan's end without one).
+    shutdown = ShutdownState(settings.shutdown_grace_s)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -60,7 +68,17 @@ def create_app(
             if engine.state is EngineState.FAILED and on_load_failure:
                 on_load_failure(engine.error or "unknown error")
 
-        background = [asyncio.create_task(load()), asyncio.create_task(worker.run())]
+        async def stop_tasks() -> None:
+            # As soon as the shutdown begins: no new task starts, the waiting ones fail.
+            await shutdown.started.wait()
+            worker.stop()
+            await worker.fail_pending()
+
+        background = [
+            asyncio.create_task(load()),
+            asyncio.create_task(worker.run()),
+            asyncio.create_task(stop_tasks()),
+        ]
         if settings.run_result_expiry_check_m > 0:
             background.append(
                 asyncio.create_task(_sweep(queue, settings.run_result_expiry_check_m * 60))
@@ -68,9 +86,14 @@ def create_app(
         try:
             yield
         finally:
-            # Shutting down: let the running task finish within SHUTDOWN_GRACE_S.
+            # The running task may finish within what is left of SHUTDOWN_GRACE_S (counted
+            # from the start of the shutdown, which requests in progress shared); tasks
+            # submitted meanwhile fail; a task still running then is cut (and fails).
+            shutdown.begin()
+            worker.stop()
+            await worker.fail_pending()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.idle.wait(), settings.shutdown_grace_s)
+                await asyncio.wait_for(worker.idle.wait(), shutdown.remaining())
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -83,7 +106,7 @@ def create_app(
         lifespan=lifespan,
         form_limits=FORM_LIMITS,
     )
-    app.state.settings, app.state.metrics = settings, metrics
+    app.state.settings, app.state.metrics, app.state.shutdown = settings, metrics, shutdown
     install_error_handlers(app)
 
     def openapi() -> dict:
@@ -101,6 +124,7 @@ def create_app(
         upload_limit_bytes=settings.max_upload_bytes,
         form_overhead_bytes=BODY_OVERHEAD_BYTES,
     )
+    app.add_middleware(UploadRateMiddleware, min_bytes_per_s=settings.min_upload_kb_s * 1024)
     if settings.api_keys:
         app.add_middleware(
             ApiKeyMiddleware,
@@ -108,6 +132,9 @@ def create_app(
             protect_health=settings.protect_health,
             protect_metrics=settings.protect_metrics,
         )
+    # Requests cut by the end of the shutdown grace get a JSON 503: nothing between here and
+    # the server turns their cancellation into a 500, and the metrics still see the 503.
+    app.add_middleware(ShutdownMiddleware, state=shutdown)
     # Outside the key check, so refused requests are counted and logged too.
     app.add_middleware(
         MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests

@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import signal
 import sys
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 
-from .config import ConfigError, Settings, load_settings
+from .config import ConfigError, load_settings
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,58 +64,6 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"asrd: {exc}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(serve_forever(settings))
+    from .server import serve
 
-
-def serve_forever(settings: Settings) -> int:
-    import uvicorn
-
-    from .app import create_app
-    from .logs import setup_logging
-
-    setup_logging(settings)
-    failure: list[str] = []
-
-    def on_load_failure(reason: str) -> None:
-        failure.append(reason)
-        server.should_exit = True
-
-    app = create_app(settings, on_load_failure=on_load_failure)
-    # "*" (the seed's default) means every interface, IPv4 and IPv6: asyncio's create_server
-    # binds one socket per address family when given no host.
-    host = None if settings.host in ("*", "") else settings.host
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # uvicorn re-raises SIGTERM after its graceful shutdown, so the process would die
-            # of the signal; asrd finishes its work and exits 0 instead.
-            if threading.current_thread() is not threading.main_thread():
-                yield
-                return
-            signals = (signal.SIGINT, signal.SIGTERM)
-            previous = {sig: signal.signal(sig, self.handle_exit) for sig in signals}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-    config = uvicorn.Config(
-        app,
-        host=host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,  # asrd's own access log shortens task ids
-        lifespan="on",
-        # The client address stays the TCP peer: X-Forwarded-For is only believed where asrd
-        # decides to (TRUSTED_PROXIES), never rewritten for every request by the server.
-        proxy_headers=False,
-        timeout_graceful_shutdown=settings.shutdown_grace_s,
-    )
-    server = Server(config)
-    server.run()
-    if failure:
-        print(f"asrd: the model could not be loaded: {failure[0]}", file=sys.stderr)
-        return 1
-    return 0
+    sys.exit(serve(settings))

