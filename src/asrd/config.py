@@ -1,7 +1,7 @@
 """Configuration: every setting is an environment variable, declared and documented once here.
 
-The README's table of variables is generated from this class (``asrd env-table``), so the
-``description`` of each field is the user-facing documentation.
+The table of variables in docs/configuration.md is generated from this class (``asrd
+env-table``), so the ``description`` of each field is the user-facing documentation.
 """
 
 from __future__ import annotations
