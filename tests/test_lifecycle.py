@@ -1,10 +1,21 @@
-"""Model lifecycle: load on start-up or on demand, unload after idle, model choice rules."""
+"""Model lifecycle: load on start-up or on demand, unload after idle, model choice rules; start-up
+failures (port in use, no GPU) and model downloads (progress, timeouts, SIGTERM)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import ctranslate2
 import httpx
 import pytest
 
@@ -13,7 +24,7 @@ from asrd.config import ConfigError, load_settings
 from asrd.engine import choose_device
 from asrd.models import choose_model_id
 
-from conftest import CLIPS, SERVER_ENV, AsrdServer, wer
+from conftest import CLIPS, SERVER_ENV, AsrdServer, free_port, model_dir, wer
 
 JFK = CLIPS["en_jfk_inaugural_1961.flac"]
 
@@ -113,3 +124,205 @@ def test_use_gpu_if_available(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DEVICE", "cuda")
     with pytest.raises(ConfigError, match="no usable CUDA device"):
         choose_device(load_settings())
+
+
+# --- start-up: one clear line and an exit status, before anything slow ------------------------
+
+
+def run_serve(env: dict[str, str], timeout: float = 30) -> tuple[int, str, float]:
+    full_env = {**os.environ, "MODEL_ID": "tiny.en", **env}
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "asrd", "serve"], env=full_env,
+                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "*"])
+def test_port_in_use(host: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        code, stderr, elapsed = run_serve({"HOST": host, "PORT": str(port)})
+    shown = "127.0.0.1" if host != "*" else "0.0.0.0"
+    assert code == 1
+    assert stderr == f"asrd: can't listen on {shown}:{port}: address already in use\n"
+    assert elapsed < 10  # Python's start-up and imports: no model is loaded
+
+
+@pytest.mark.skipif(ctranslate2.get_cuda_device_count() > 0, reason="a GPU is here")
+def test_device_cuda_without_a_gpu() -> None:
+    code, stderr, _ = run_serve({"DEVICE": "cuda", "PORT": str(free_port())})
+    assert code == 2
+    assert stderr.count("\n") == 1 and "Traceback" not in stderr
+    assert stderr.startswith("asrd: DEVICE=cuda but no usable CUDA device was found")
+
+
+def test_every_interface_means_ipv4_and_ipv6(server: AsrdServer) -> None:
+    """HOST=* (the default, as in the shared server): both address families."""
+    assert httpx.get(f"http://127.0.0.1:{server.port}/hc").status_code == 200
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        response = httpx.get(f"http://[::1]:{server.port}/hc")
+    except httpx.ConnectError:
+        pytest.skip("no IPv6 loopback here")
+    assert response.status_code == 200
+
+
+# --- model downloads: a fake Hugging Face hub on loopback (HF_ENDPOINT) -----------------------
+
+HUB_REPO = "asrd-test/whisper-tiny-en"
+HUB_COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+class FakeHub(ThreadingHTTPServer):
+    """Serves the bundled tiny.en model as a hub repo: repo info, file list, HEAD and GET of
+    each file. `mode`: "ok" (model.bin at `rate` bytes/s), "stall" (model.bin's body never
+    comes)."""
+
+    daemon_threads = True
+
+    def __init__(self, mode: str, rate: float = 15e6):
+        super().__init__(("127.0.0.1", 0), _HubHandler)
+        self.mode, self.rate = mode, rate
+        self.files = {path.name: path for path in Path(model_dir()).iterdir() if path.is_file()}
+        self.stop = threading.Event()  # ends stalled answers
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def __enter__(self) -> FakeHub:
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.shutdown()
+        self.server_close()
+
+
+class _HubHandler(BaseHTTPRequestHandler):
+    server: FakeHub
+    protocol_version = "HTTP/1.1"
+
+    def _json(self, body: object) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _file(self) -> Path | None:
+        prefix = f"/{HUB_REPO}/resolve/{HUB_COMMIT}/"
+        path = self.path.split("?")[0]
+        return self.server.files.get(path.removeprefix(prefix)) if path.startswith(prefix) else None
+
+    def _file_headers(self, file: Path) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", str(file.stat().st_size))
+        self.send_header("ETag", f'"{abs(hash(file.name)):x}"')
+        self.send_header("X-Repo-Commit", HUB_COMMIT)
+        self.end_headers()
+
+    def do_HEAD(self) -> None:
+        file = self._file()
+        if file is None:
+            self.send_error(404)
+            return
+        self._file_headers(file)
+
+    def do_GET(self) -> None:
+        path = self.path.split("?")[0]
+        if path == f"/api/models/{HUB_REPO}/revision/main":
+            siblings = [{"rfilename": name} for name in self.server.files]
+            self._json({"id": HUB_REPO, "sha": HUB_COMMIT, "siblings": siblings})
+            return
+        if path.startswith(f"/api/models/{HUB_REPO}/tree/"):
+            files = self.server.files.items()
+            self._json([{"type": "file", "path": name, "size": file.stat().st_size,
+                         "oid": f"{abs(hash(name)):x}"} for name, file in files])  # fmt: skip
+            return
+        file = self._file()
+        if file is None:
+            self.send_error(404)
+            return
+        self._file_headers(file)
+        if file.name == "model.bin" and self.server.mode == "stall":
+            self.server.stop.wait(120)
+            return
+        data, step = file.read_bytes(), 256 * 1024
+        with contextlib.suppress(OSError):
+            for start in range(0, len(data), step):
+                self.wfile.write(data[start : start + step])
+                if file.name == "model.bin":
+                    time.sleep(step / self.server.rate)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+def hub_env(hub: FakeHub, cache: Path) -> dict[str, str]:
+    return {
+        **SERVER_ENV,
+        "MODEL_ID": HUB_REPO,
+        "CACHE_DIR": str(cache),
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_DOWNLOAD_TIMEOUT": "1",  # huggingface_hub's own per-request timeout
+        "HF_HUB_ETAG_TIMEOUT": "1",
+        "HF_HUB_DISABLE_XET": "1",
+        "HF_HUB_OFFLINE": "0",
+        "HF_HUB_DISABLE_TELEMETRY": "1",
+    }
+
+
+def test_model_download_logs_its_progress(tmp_path: Path) -> None:
+    with FakeHub("ok", rate=12e6) as hub:  # 75 MB: about 6 s
+        server = AsrdServer(hub_env(hub, tmp_path / "cache"), tmp_path / "asrd.log")
+        try:
+            server.wait_ready(60)
+            response = httpx.post(f"{server.url}/asr", content=JFK.read(), timeout=60)
+            assert wer(JFK.transcript, response.json()["text"]) <= 0.15
+        finally:
+            server.stop()
+    log = server.log()
+    assert f"downloading model {HUB_REPO} ({HUB_REPO}) from {hub.url}" in log
+    progress = [line for line in log.splitlines() if f"downloading {HUB_REPO}:" in line]
+    assert progress and "MB so far" in progress[0]
+    assert f"downloaded {HUB_REPO}: 78.1 MB in" in log
+
+
+def test_a_stalled_model_download_fails(tmp_path: Path) -> None:
+    """The hub stops sending: huggingface_hub's read timeout (HF_HUB_DOWNLOAD_TIMEOUT=1 here,
+    10 s by default) and its 5 resumes end it, and asrd exits 1 with the reason."""
+    with FakeHub("stall") as hub:
+        started = time.monotonic()
+        server = AsrdServer(hub_env(hub, tmp_path / "cache"), tmp_path / "asrd.log")
+        code = server.process.wait(60)
+        elapsed = time.monotonic() - started
+        server.stop()
+    assert code == 1, server.log()
+    assert f"asrd: the model could not be loaded: could not download {HUB_REPO!r}" in server.log()
+    assert elapsed < 30, elapsed
+
+
+def test_sigterm_during_a_model_download(tmp_path: Path) -> None:
+    with FakeHub("stall") as hub:
+        env = {**hub_env(hub, tmp_path / "cache"), "SHUTDOWN_GRACE_S": "2",
+               "HF_HUB_DOWNLOAD_TIMEOUT": "30"}  # fmt: skip
+        server = AsrdServer(env, tmp_path / "asrd.log")
+        deadline = time.monotonic() + 30
+        while f"downloading model {HUB_REPO}" not in server.log():
+            assert time.monotonic() < deadline and server.process.poll() is None, server.log()
+            time.sleep(0.1)
+        time.sleep(1)
+        signalled = time.monotonic()
+        server.process.send_signal(signal.SIGTERM)
+        code = server.process.wait(10)
+        exited = time.monotonic() - signalled
+        server.stop()
+    assert code == 0, server.log()
+    assert exited < 2 + 2, exited
+    assert "exiting with work still running in asrd-engine" in server.log()

@@ -154,6 +154,7 @@ def download(repo: str, hub_cache: Path) -> Path:
     the log every PROGRESS_EVERY_S (the size on disk so far: hub file sizes are not known
     before their download starts)."""
     _bound_hub_client()
+    huggingface_hub.utils.disable_progress_bars()  # terminal bars: noise in a log
     folder = hub_cache / f"models--{repo.replace('/', '--')}"
     done = threading.Event()
     started = time.monotonic()

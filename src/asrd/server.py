@@ -507,18 +507,24 @@ def _url(sock: socket.socket) -> str:
 
 
 def _exit_status(code: int) -> int:
-    """The server has stopped. Threads still working (a model download, a decode or an
-    inference cut short by the deadline) would hold the interpreter's exit, which joins them:
-    give them a moment, then leave without them."""
+    """The server has stopped. A thread still working (a model download, a decode, an
+    inference cut short by the deadline) would hold the interpreter's exit, which joins
+    non-daemon threads, or crash it (asrd's inference thread is a daemon, and one inside
+    CTranslate2 while the interpreter finalizes dies of a segfault): give them a moment to
+    end, then leave without them. Other daemon threads (idle library monitors) don't count."""
     deadline = time.monotonic() + 1.0
-    for thread in threading.enumerate():
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join(max(0.0, deadline - time.monotonic()))
     me = threading.current_thread()
-    running = [t.name for t in threading.enumerate() if t is not me and not t.daemon]
+
+    def holding() -> list[threading.Thread]:
+        return [thread for thread in threading.enumerate() if thread is not me
+                and (not thread.daemon or thread.name.startswith("asrd-"))]  # fmt: skip
+
+    for thread in holding():
+        thread.join(max(0.0, deadline - time.monotonic()))
+    running = holding()
     if not running:
         return code
-    log.warning("exiting with work still running in thread(s) %s", ", ".join(running))
+    log.info("exiting with work still running in %s", ", ".join(t.name for t in running))
     logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
