@@ -19,7 +19,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fastapi import FastAPI, Request, UploadFile
+from starlette.types import ASGIApp, Message
 
+from asrd.errors import install_error_handlers
+from asrd.limits import UploadRateMiddleware
 from asrd.server import AcceptErrorFilter, connection_cap
 
 from conftest import CLIPS, SERVER_ENV, AsrdServer, assert_error, wer
@@ -298,3 +302,81 @@ def test_json_bodies_are_small(client: httpx.Client) -> None:
     # A small JSON body is still read.
     response = client.post("/asr", json={"url": "ftp://example.com/a.wav"})
     assert response.status_code == 400
+
+
+# --- the upload-rate rules, on the middleware alone (small time limits) ----------------------
+
+
+def body_app() -> FastAPI:
+    """A FastAPI app with a raw-body route and a form route, behind the upload-rate limit."""
+    app = FastAPI()
+    install_error_handlers(app)
+
+    @app.post("/asr")
+    async def raw(request: Request) -> dict:
+        return {"size": len(await request.body())}
+
+    @app.post("/v1/audio/transcriptions")
+    async def form(file: UploadFile) -> dict:
+        return {"size": len(await file.read())}
+
+    return app
+
+
+async def call(
+    app: ASGIApp, path: str, chunks: list[tuple[float, bytes]], content_type: str
+) -> tuple[int, dict, float]:
+    """Send `chunks` (delay before each, bytes) as the body; return status, JSON, seconds."""
+    pending = list(chunks)
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        if not pending:
+            await asyncio.sleep(3600)  # the body is in: nothing more until a disconnect
+        delay, data = pending.pop(0)
+        await asyncio.sleep(delay)
+        return {"type": "http.request", "body": data, "more_body": bool(pending)}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    headers = [(b"content-type", content_type.encode())]
+    scope = {"type": "http", "method": "POST", "path": path, "query_string": b"",
+             "headers": headers, "http_version": "1.1", "scheme": "http", "root_path": "",
+             "server": ("t", 80), "client": ("c", 1)}  # fmt: skip
+    started = time.monotonic()
+    await app(scope, receive, send)
+    body = json.loads(b"".join(m.get("body", b"") for m in sent[1:]))
+    if sent[0]["status"] >= 400:
+        assert dict(sent[0]["headers"])[b"connection"] == b"close"
+    return sent[0]["status"], body, time.monotonic() - started
+
+
+def limited(min_rate: float) -> UploadRateMiddleware:
+    return UploadRateMiddleware(body_app(), min_bytes_per_s=min_rate, grace_s=0.3, idle_s=0.5)
+
+
+def test_upload_rate_rules() -> None:
+    async def main() -> None:
+        fast = [(0.05, b"x" * 1000)] * 10
+        assert (await call(limited(1000), "/asr", fast, "audio/wav"))[0] == 200
+        # Below the average rate once the grace is over: cut at that moment.
+        slow = [(0.1, b"x")] * 20
+        status, body, elapsed = await call(limited(1000), "/asr", slow, "audio/wav")
+        assert status == 408 and body["error"]["code"] == "upload_too_slow"
+        assert "MIN_UPLOAD_KB_S" in body["error"]["message"] and 0.3 <= elapsed < 0.5
+        # Rate 0 (no minimum): a slow body goes through, a silent one is cut at the idle limit.
+        assert (await call(limited(0), "/asr", slow, "audio/wav"))[0] == 200
+        silent = [(0.05, b"x"), (5, b"x")]
+        status, body, elapsed = await call(limited(0), "/asr", silent, "audio/wav")
+        assert status == 408 and "sent nothing for 0.5 s" in body["error"]["message"]
+        assert 0.5 <= elapsed < 0.7
+        # A form: FastAPI would answer "400 error parsing the body"; the client learns why.
+        form = [(0.05, b"--b\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a\""),
+                (5, b"x")]  # fmt: skip
+        status, body, _ = await call(limited(0), "/v1/audio/transcriptions", form,
+                                     "multipart/form-data; boundary=b")  # fmt: skip
+        assert status == 408 and body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["code"] == "upload_too_slow"
+
+    asyncio.run(main())

@@ -56,8 +56,11 @@ def read_response(sock: socket.socket) -> tuple[int, dict[str, str], dict]:
 
 
 def test_requests_cut_by_the_deadline_get_json_503(tmp_path: Path) -> None:
-    """Two uploads that never end (MIN_UPLOAD_KB_S=0): SIGTERM, SHUTDOWN_GRACE_S=2, then both
-    are answered 503 `shutting_down` in their route's error shape, and the process exits 0."""
+    """Two uploads that never end (MIN_UPLOAD_KB_S=0) and a long streamed transcription:
+    SIGTERM, SHUTDOWN_GRACE_S=2, then the uploads are answered 503 `shutting_down` in their
+    route's error shape, the stream ends with that error event, and the process exits 0."""
+    samples, _ = long_english_audio(repeats=3)
+    long_audio = encode(samples, "flac")
     env = {**SERVER_ENV, "SHUTDOWN_GRACE_S": "2", "MIN_UPLOAD_KB_S": "0"}
     server = AsrdServer(env, tmp_path / "asrd.log")
     try:
@@ -68,7 +71,20 @@ def test_requests_cut_by_the_deadline_get_json_503(tmp_path: Path) -> None:
             "POST /v1/audio/transcriptions HTTP/1.1\r\nHost: x\r\nContent-Length: 9999\r\n"
             "Content-Type: multipart/form-data; boundary=b\r\n\r\n--b\r\n",
         )
-        time.sleep(0.5)
+        events: list[str] = []
+
+        def stream() -> None:  # a long streamed transcription: its stream has begun
+            files = {"file": ("long.flac", long_audio)}
+            data = {"stream": "true", "model": "whisper-1"}
+            with httpx.stream("POST", f"{server.url}/v1/audio/transcriptions", files=files,
+                              data=data, timeout=30) as response:  # fmt: skip
+                events.extend(line for line in response.iter_lines() if line)
+
+        streaming = threading.Thread(target=stream)
+        streaming.start()
+        deadline = time.monotonic() + 20
+        while "transcript.text.delta" not in str(events) and time.monotonic() < deadline:
+            time.sleep(0.05)
         signalled = time.monotonic()
         server.process.send_signal(signal.SIGTERM)
         for sock, shape in ((asr, {"code", "message"}),
@@ -79,6 +95,9 @@ def test_requests_cut_by_the_deadline_get_json_503(tmp_path: Path) -> None:
             assert set(body["error"]) == shape and body["error"]["code"] == "shutting_down"
             sock.close()
         answered = time.monotonic() - signalled
+        streaming.join(10)
+        last = json.loads(events[-1].removeprefix("data: "))
+        assert last["error"]["code"] == "shutting_down" and last["error"]["type"] == "server_error"
         assert server.process.wait(10) == 0
         exited = time.monotonic() - signalled
         assert 1.8 < answered < 3.0 and exited < 2 + 2, (answered, exited)

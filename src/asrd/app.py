@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
@@ -97,6 +98,11 @@ def create_app(
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
+            # Jobs cut short leave the inference thread at the end of their batch: let them,
+            # while this loop can still take their results, for a moment past the grace.
+            until = time.monotonic() + shutdown.overtime(1.0)
+            while engine.scheduler.job_count and time.monotonic() < until:  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
             engine.close()
 
     app = FastAPI(

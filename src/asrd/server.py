@@ -36,8 +36,11 @@ RESERVED_FDS = 64
 # Connections refused while every connection is busy, waiting to be told so (503) once their
 # request headers arrive; more are closed at once.
 MAX_REFUSING = 64
-# Most seconds that requests cut by the shutdown deadline get to send their 503.
-CUT_REQUESTS_S = 1.0
+# After SHUTDOWN_GRACE_S, the little time the shutdown may still take: requests cut by the
+# deadline send their 503 (at most CUT_REQUESTS_S), jobs cut leave the inference thread,
+# threads end. The process is gone by then, whatever still runs.
+OVERTIME_S = 1.5
+CUT_REQUESTS_S = 0.5
 
 
 class Every:
@@ -332,7 +335,13 @@ class ShutdownState:
             self.started.set()
 
     def remaining(self) -> float:
+        """Seconds left of the grace."""
         return max(0.0, (self.deadline or time.monotonic()) - time.monotonic())
+
+    def overtime(self, at_most: float) -> float:
+        """Seconds a step after the grace may take: `at_most`, within OVERTIME_S past it."""
+        end = (self.deadline or time.monotonic()) + OVERTIME_S
+        return max(0.0, min(at_most, end - time.monotonic()))
 
 
 class ShutdownMiddleware:
@@ -423,7 +432,7 @@ class Server(uvicorn.Server):
                         len(tasks))  # fmt: skip
             for task in list(tasks):
                 task.cancel()
-            await asyncio.wait(list(tasks), timeout=CUT_REQUESTS_S)
+            await asyncio.wait(list(tasks), timeout=state.overtime(CUT_REQUESTS_S))
         for connection in list(connections):
             transport = getattr(connection, "transport", None)
             if transport is not None:
@@ -489,7 +498,7 @@ def serve(settings: Settings) -> int:
         # decides to (TRUSTED_PROXIES), never rewritten for every request by the server.
         proxy_headers=False,
         timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]
-        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
+        # No timeout_graceful_shutdown: Server.shutdown keeps SHUTDOWN_GRACE_S itself.
         backlog=listen_backlog(fd_limit),
     )
     server = Server(config, shutdown)
@@ -498,7 +507,7 @@ def serve(settings: Settings) -> int:
     server.run(sockets=sockets)
     if failure:
         print(f"asrd: the model could not be loaded: {failure[0]}", file=sys.stderr)
-    return _exit_status(1 if failure else 0)
+    return _exit_status(1 if failure else 0, shutdown)
 
 
 def _url(sock: socket.socket) -> str:
@@ -506,13 +515,13 @@ def _url(sock: socket.socket) -> str:
     return f"http://[{host}]:{port}" if sock.family == socket.AF_INET6 else f"http://{host}:{port}"
 
 
-def _exit_status(code: int) -> int:
+def _exit_status(code: int, shutdown: ShutdownState) -> int:
     """The server has stopped. A thread still working (a model download, a decode, an
     inference cut short by the deadline) would hold the interpreter's exit, which joins
     non-daemon threads, or crash it (asrd's inference thread is a daemon, and one inside
     CTranslate2 while the interpreter finalizes dies of a segfault): give them a moment to
     end, then leave without them. Other daemon threads (idle library monitors) don't count."""
-    deadline = time.monotonic() + 1.0
+    deadline = time.monotonic() + shutdown.overtime(1.0)
     me = threading.current_thread()
 
     def holding() -> list[threading.Thread]:
