@@ -299,7 +299,9 @@ class AsrdProtocol(H11Protocol):
         self._header_timer = None
         if self._busy or self.transport.is_closing():
             return
-        if self._partial:  # part of a request came, never all of its headers
+        # Part of a new request came, never all of its headers (as opposed to the rest of a
+        # body whose request was already answered: the connection just closes).
+        if self._partial and self.conn.their_state is h11.IDLE:
             limit = f"HEADER_TIMEOUT_S ({self.header_timeout_s:g} s)"
             body = error_body("request_timeout", f"the request headers took longer than {limit}")
             self.transport.write(_raw_response(408, "Request Timeout", body))
@@ -420,12 +422,13 @@ class Server(uvicorn.Server):
             server.close()
         for sock in sockets or []:
             sock.close()
-        connections = self.server_state.connections
-        for connection in list(connections):
-            connection.shutdown()  # idle ones close now, busy ones after their response
-        tasks = self.server_state.tasks
+        connections, tasks = self.server_state.connections, self.server_state.tasks
         # uvicorn has no event for "all connections closed": poll, as it does.
-        while (connections or tasks) and not self.force_exit and state.remaining() > 0:  # noqa: ASYNC110
+        while (connections or tasks) and not self.force_exit and state.remaining() > 0:
+            for connection in list(connections):  # also those accepted just before the close
+                if not connection.transport.is_closing():
+                    with contextlib.suppress(h11.LocalProtocolError):
+                        connection.shutdown()  # idle ones close now, busy ones when answered
             await asyncio.sleep(0.05)
         if tasks:
             log.warning("cancelling %d request(s) still running after SHUTDOWN_GRACE_S",
