@@ -55,6 +55,7 @@ def create_app(
             max_pending_bytes=int(settings.max_queue_mb * 1024 * 1024),
             ttl_s=settings.delete_results_after_m * 60,
             refresh_on_read=settings.refresh_expiration_time_on_usage,
+            max_results=settings.max_stored_results,
         )
         worker = TaskWorker(queue, engine)
         app.state.engine, app.state.task_queue, app.state.task_worker = engine, queue, worker

@@ -273,13 +273,20 @@ class Engine:
             log.warning("flash attention unsupported on this GPU (%s); loading without it", exc)
             return WhisperModel(str(self.model_path), **kwargs)
 
-    def _unload_sync(self) -> None:
+    def _unload_if_idle(self) -> None:
+        """The idle timer's callback, on the event loop: no request can start while it runs,
+        so the state and the model change together (/hc never says `ok` without a model)."""
+        self._unload_timer = None
         if self._active_jobs or self._model is None:
             return  # work arrived after the unload was scheduled
+        loop = asyncio.get_running_loop()
+        if self.scheduler.job_count:  # cancelled jobs still leaving the inference thread
+            self._unload_timer = loop.call_later(0.1, self._unload_if_idle)
+            return
         self._model = self.scheduler.model = None
-        self.state = EngineState.UNLOADED  # before the slow collection: /hc agrees at once
-        gc.collect()
+        self.state = EngineState.UNLOADED
         log.info("model unloaded after %s s idle", self.settings.unload_model_after_s)
+        loop.run_in_executor(self._worker, gc.collect)  # the slow part, off the loop
 
     def _schedule_unload(self) -> None:
         delay = self.settings.unload_model_after_s
@@ -287,10 +294,7 @@ class Engine:
             return
         if self._unload_timer:
             self._unload_timer.cancel()
-        loop = asyncio.get_running_loop()
-        self._unload_timer = loop.call_later(
-            delay, lambda: loop.run_in_executor(self._worker, self._unload_sync)
-        )
+        self._unload_timer = asyncio.get_running_loop().call_later(delay, self._unload_if_idle)
 
     @contextlib.asynccontextmanager
     async def _job(self) -> AsyncIterator[None]:
@@ -390,8 +394,12 @@ class Engine:
             loop = asyncio.get_running_loop()
             queue: asyncio.Queue[list[DecodedSegment] | concurrent.futures.Future] = asyncio.Queue()
 
-            def on_segments(segments: list[DecodedSegment]) -> None:
-                loop.call_soon_threadsafe(queue.put_nowait, segments)
+            def to_loop(item: list[DecodedSegment] | concurrent.futures.Future) -> None:
+                # From the inference thread; the loop may be gone if the server stopped.
+                with contextlib.suppress(RuntimeError):
+                    loop.call_soon_threadsafe(queue.put_nowait, item)
+
+            on_segments = to_loop
 
             job = await loop.run_in_executor(
                 self._decoder,
@@ -403,9 +411,7 @@ class Engine:
             )
             if streaming and options.batch_size:
                 job.max_per_batch = options.batch_size
-            job.future.add_done_callback(
-                lambda future: loop.call_soon_threadsafe(queue.put_nowait, future)
-            )
+            job.future.add_done_callback(to_loop)
             self.scheduler.submit(job)
             clock = _Clock(len(samples) / SAMPLE_RATE)
             placed: list[Segment] = []
