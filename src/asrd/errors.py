@@ -174,10 +174,14 @@ def _client_closed(request: Request) -> JSONResponse:
 _COMMON_ERRORS = {
     401: "API_KEYS is set and the request has no valid key",
     500: "An unexpected server error (logged; the body says nothing more)",
-    503: "MAX_CONCURRENT_REQUESTS requests in progress, or the model not ready: see Retry-After",
+    503: "MAX_CONCURRENT_REQUESTS requests in progress, the model not ready, the decoded-audio "
+    "budget full, or the server shutting down: see Retry-After",
     504: "The request took longer than REQUEST_TIMEOUT_S",
 }
-_BODY_ERRORS = {413: "The body is over MAX_UPLOAD_MB"}
+_BODY_ERRORS = {
+    408: "The upload is slower than MIN_UPLOAD_KB_S, or stalled for 30 s",
+    413: "The body is over MAX_UPLOAD_MB (a JSON body over 64 KB)",
+}
 
 
 def document_errors(schema: dict, unlimited_paths: tuple[str, ...]) -> dict:

@@ -44,6 +44,9 @@ async def _submit(
     language: str | None,
     callback_url: str | None,
 ) -> JSONResponse:
+    if request.app.state.shutdown.active:  # it would only be failed with `shutting_down`
+        message = "the server is shutting down; submit the task again shortly"
+        raise ApiError(503, "shutting_down", message, headers={"Retry-After": "5"})
     engine = ready_engine(request)
     settings = engine.settings
     code = parse_language(engine, language)
