@@ -234,3 +234,25 @@ def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> No
     growth = peak_rss_mb(pid) - baseline
     assert growth < BUDGET_MB + 150, f"peak RSS {growth:.0f} MB over the idle server's"
     assert max(hc_times) < 1.0, f"/hc took up to {max(hc_times):.2f} s"
+
+
+# --- uploads held in memory -------------------------------------------------------------------
+
+
+def test_uploads_in_memory_are_bounded_server_wide(tmp_path: Path) -> None:
+    """MAX_UPLOADS_IN_MEMORY_MB=10: while one 6 MB upload is in progress, a second is refused
+    at once with 503 (before its body is read); once the first is gone, the room is back."""
+    env = {**SERVER_ENV, "MAX_UPLOADS_IN_MEMORY_MB": "10"}
+    with AsrdServer(env, tmp_path / "asrd.log") as server:
+        body = silence_flac(1) + bytes(6 * 1024 * 1024)
+        with socket.create_connection(("127.0.0.1", server.port)) as first:
+            head = f"POST /asr HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n\r\n"
+            first.sendall(head.encode() + body[: 1024 * 1024])
+            time.sleep(0.5)
+            refused = httpx.post(f"{server.url}/asr", content=body, timeout=30)
+            assert_error(refused, 503, "server_busy")
+            assert refused.headers["Retry-After"]
+            assert "MAX_UPLOADS_IN_MEMORY_MB" in refused.json()["error"]["message"]
+        time.sleep(0.5)
+        again = httpx.post(f"{server.url}/asr", content=body, timeout=30)
+        assert again.status_code != 503, again.text

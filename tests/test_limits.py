@@ -190,6 +190,7 @@ def test_limits_are_documented() -> None:
     section = page.split("## Privacy", 1)[0]
     variables = [
         "MAX_DECODED_AUDIO_MB",
+        "MAX_UPLOADS_IN_MEMORY_MB",
         "MAX_DECODE_CPU_S",
         "MAX_CONNECTIONS",
         "HEADER_TIMEOUT_S",

@@ -16,6 +16,7 @@ from starlette.formparsers import MultiPartParser
 from . import __version__
 from .api import asr, health, openai, tasks, web
 from .auth import ApiKeyMiddleware
+from .budget import MemoryBudget
 from .config import Settings, load_settings
 from .engine import Engine, EngineState
 from .errors import document_errors, install_error_handlers
@@ -130,6 +131,7 @@ def create_app(
         BodySizeLimitMiddleware,
         upload_limit_bytes=settings.max_upload_bytes,
         form_overhead_bytes=BODY_OVERHEAD_BYTES,
+        memory=MemoryBudget(settings.max_uploads_in_memory_bytes),
     )
     app.add_middleware(UploadRateMiddleware, min_bytes_per_s=settings.min_upload_kb_s * 1024)
     if settings.api_keys:

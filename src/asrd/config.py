@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_SIZES = ("tiny", "base", "small", "medium", "large")
@@ -254,6 +254,16 @@ class Settings(BaseSettings):
             "110 MB), over every request and task being decoded or transcribed. A request that "
             "would cross it waits up to 5 s for room, then gets 503 with Retry-After; it never "
             "costs the server an out-of-memory. Keep it at least MAX_AUDIO_S worth (3 h: 330 MB)."
+        ),
+    )
+    max_uploads_in_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Request bodies held in memory at once, over every request in progress (uploads "
+            "are never spooled to disk): an upload that would cross it gets 503 with "
+            "Retry-After at once, from its Content-Length or at the chunk that crosses it. "
+            "Default: 1024, or MAX_UPLOAD_MB if that is larger; at least MAX_UPLOAD_MB."
         ),
     )
     max_decode_cpu_s: float = Field(
@@ -547,6 +557,14 @@ class Settings(BaseSettings):
             resolved.append(path.resolve())
         return resolved
 
+    @field_validator("max_uploads_in_memory_mb")
+    @classmethod
+    def _room_for_one_upload(cls, value: float | None, info: ValidationInfo) -> float | None:
+        upload_mb = info.data.get("max_upload_mb")
+        if value is not None and upload_mb is not None and value < upload_mb:
+            raise ValueError(f"must be at least MAX_UPLOAD_MB ({upload_mb:g})")
+        return value
+
     @field_validator("model_id")
     @classmethod
     def _check_model_id(cls, value: str) -> str:
@@ -561,6 +579,11 @@ class Settings(BaseSettings):
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def max_uploads_in_memory_bytes(self) -> int:
+        megabytes = self.max_uploads_in_memory_mb or max(1024, self.max_upload_mb)
+        return int(megabytes * 1024 * 1024)
 
     @property
     def max_decoded_audio_bytes(self) -> int:

@@ -6,7 +6,11 @@ from pydantic_core import PydanticUndefined
 
 from .config import Settings
 
-AUTO_DEFAULTS = {"batch_size": "16 (GPU), 6 (CPU)", "beam_size": "5 (GPU), 1 (CPU)"}
+AUTO_DEFAULTS = {
+    "batch_size": "16 (GPU), 6 (CPU)",
+    "beam_size": "5 (GPU), 1 (CPU)",
+    "max_uploads_in_memory_mb": "1024",
+}
 
 
 def env_table() -> str:

@@ -9,6 +9,7 @@ import logging
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .budget import BudgetExceeded, MemoryBudget
 from .errors import ApiError, body_for, send_error
 
 log = logging.getLogger(__name__)
@@ -87,17 +88,30 @@ class _BodyGuard:
                          error.headers or {})  # fmt: skip
 
 
+class ServerBusy(ApiError):
+    def __init__(self, message: str):
+        super().__init__(503, "server_busy", message, {"Retry-After": "2", **CLOSE})
+
+
 class BodySizeLimitMiddleware:
     """Answer 413 as soon as a body passes the limit: at once from `Content-Length`, or at
     the chunk that crosses it for a streamed (chunked) body.
 
     The limit is the upload limit itself, plus `form_overhead_bytes` for a multipart form
     (boundaries and fields around the file; routes check the file's own size), and
-    JSON_LIMIT_BYTES for a JSON body."""
+    JSON_LIMIT_BYTES for a JSON body. Bodies are held in memory, so all of them together are
+    held to `memory` too (MAX_UPLOADS_IN_MEMORY_MB): 503 past it, never a wait on the loop."""
 
-    def __init__(self, app: ASGIApp, upload_limit_bytes: int, form_overhead_bytes: int):
+    def __init__(
+        self,
+        app: ASGIApp,
+        upload_limit_bytes: int,
+        form_overhead_bytes: int,
+        memory: MemoryBudget | None = None,
+    ):
         self.app, self.upload_limit = app, upload_limit_bytes
         self.form_limit = upload_limit_bytes + form_overhead_bytes
+        self.memory = memory
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -123,18 +137,41 @@ class BodySizeLimitMiddleware:
         if declared.isdigit() and int(declared) > limit:
             await guard.answer(BodyTooLarge(message))
             return
+        held = self.memory.reservation() if self.memory else None
+        try:
+            if held is not None and declared.isdigit():
+                held.grow(int(declared), wait_s=0)  # all of it at once: refused before reading
+        except BudgetExceeded:
+            await guard.answer(ServerBusy(_BUSY))
+            return
         received = 0
 
         async def limited_receive() -> Message:
             nonlocal received
             message_ = await receive()
             if message_["type"] == "http.request":
-                received += len(message_.get("body", b""))
+                size = len(message_.get("body", b""))
+                received += size
                 if received > limit:
                     raise guard.fail(BodyTooLarge(message))
+                if held is not None and received > held.nbytes:
+                    try:
+                        held.grow(received - held.nbytes, wait_s=0)
+                    except BudgetExceeded:
+                        raise guard.fail(ServerBusy(_BUSY)) from None
             return message_
 
-        await guard.run(self.app, limited_receive)
+        try:
+            await guard.run(self.app, limited_receive)
+        finally:
+            if held is not None:
+                held.release()
+
+
+_BUSY = (
+    "the server holds as many uploads in memory as it may (MAX_UPLOADS_IN_MEMORY_MB); "
+    "retry shortly"
+)
 
 
 class UploadRateMiddleware:
