@@ -22,9 +22,10 @@ import pytest
 from fastapi import FastAPI, Request, UploadFile
 from starlette.types import ASGIApp, Message
 
+from asrd.connections import AcceptErrorFilter
 from asrd.errors import install_error_handlers
 from asrd.limits import UploadRateMiddleware
-from asrd.server import AcceptErrorFilter, connection_cap
+from asrd.server import connection_cap
 
 from conftest import CLIPS, SERVER_ENV, AsrdServer, assert_error, wer
 

@@ -4,6 +4,7 @@ chained files, many channels, deep JSON. Everything is built at test time; loopb
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
@@ -58,10 +59,8 @@ def http(hostile: AsrdServer) -> Iterator[httpx.Client]:
 def open_files(pid: int) -> set[str]:
     found = set()
     for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
+        with contextlib.suppress(OSError):  # closed meanwhile
             found.add(os.readlink(fd))
-        except OSError:
-            pass
     return found
 
 

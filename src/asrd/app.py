@@ -27,7 +27,7 @@ from .limits import (
     UploadRateMiddleware,
 )
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
-from .server import ShutdownMiddleware, ShutdownState
+from .shutdown import ShutdownMiddleware, ShutdownState
 from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
