@@ -395,6 +395,7 @@ def test_short_request_is_not_stuck_behind_a_long_file(client: httpx.Client) -> 
     response = client.post("/asr", content=CLIPS["en_timit_LDC93S1.wav"].read())
     finished["short"] = time.monotonic()
     worker.join()
-    assert response.status_code == 200 and "wash water" in response.json()["text"].lower()
+    clip = CLIPS["en_timit_LDC93S1.wav"]
+    assert response.status_code == 200 and wer(clip.transcript, response.json()["text"]) < 0.3
     assert finished["short"] < finished["long"], "the short request waited for the long file"
     assert finished["short"] - started < 4

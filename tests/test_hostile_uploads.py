@@ -255,3 +255,13 @@ def test_uploads_in_memory_are_bounded_server_wide(tmp_path: Path) -> None:
         time.sleep(0.5)
         again = httpx.post(f"{server.url}/asr", content=body, timeout=30)
         assert again.status_code != 503, again.text
+
+
+def test_a_task_reports_lost_audio(http: httpx.Client) -> None:
+    mp3 = encode(np.tile(decode_pcm(JFK.read()), 3), "mp3", "libmp3lame")
+    task_id = submit_task(http, overwritten(mp3, 0.5, 60_000)).json()["task_id"]
+    deadline = time.monotonic() + 60
+    while (status := http.get(f"/api/v1/tasks/{task_id}").json())["status"] != "finished":
+        assert status["status"] in ("pending", "processing") and time.monotonic() < deadline
+        time.sleep(0.2)
+    assert len(status["warnings"]) == 1 and "could be decoded" in status["warnings"][0]

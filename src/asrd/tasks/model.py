@@ -58,6 +58,7 @@ class Task:
     transcript: Transcript | None = None
     error: dict | None = None
     cancelled: bool = False
+    warnings: list[str] = field(default_factory=list)  # audio that could not be decoded
 
     def __post_init__(self) -> None:
         self.file_name = clean_file_name(self.file_name)
@@ -98,5 +99,6 @@ class Task:
             "processing_duration": processing,
             "result": result,
             "error": self.error,
+            "warnings": self.warnings,
             "expires_at": _iso(self.expires_at),
         }

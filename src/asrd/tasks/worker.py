@@ -82,7 +82,7 @@ class TaskWorker:
         if decoded is None:  # cancelled while waiting for room
             log.info("task %s: cancelled", short_id(task.id))
             return
-        samples = decoded.samples
+        samples, task.warnings = decoded.samples, list(decoded.warnings)
         del decoded
         options = TranscribeOptions(language=task.language, task=task.type)
         transcript: Transcript | None = None
