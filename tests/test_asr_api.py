@@ -399,3 +399,18 @@ def test_short_request_is_not_stuck_behind_a_long_file(client: httpx.Client) -> 
     assert response.status_code == 200 and wer(clip.transcript, response.json()["text"]) < 0.3
     assert finished["short"] < finished["long"], "the short request waited for the long file"
     assert finished["short"] - started < 4
+
+
+def test_an_english_only_model_refuses_what_it_cannot_do(client: httpx.Client) -> None:
+    """tiny.en would invent English for a translation or French speech: 400 on every API."""
+    audio = CLIPS["fr_picovoice_test_fr.wav"].read()
+    error = assert_error(client.post("/asr?task=translate", content=audio), 400, "unsupported_task")
+    assert "English-only" in error["message"] and "tiny.en" in error["message"]
+    assert_error(client.post("/asr?language=fr", content=audio), 400, "invalid_language")
+    files = {"file": ("fr.wav", audio)}
+    for path in ("/v1/audio/translations", "/api/v1/translate"):
+        response = client.post(path, files=files, data={"model": "whisper-1"})
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["code"] == "unsupported_task"
+    french = client.post("/v1/audio/transcriptions", files=files, data={"language": "fr"})
+    assert french.status_code == 400 and french.json()["error"]["code"] == "invalid_language"

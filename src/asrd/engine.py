@@ -372,7 +372,19 @@ class Engine:
     def check_language(self, language: str | None) -> None:
         """Raise `ValueError` if this model can't take `language` (e.g. `fr` on `tiny.en`)."""
         if language and language != "en" and not self.multilingual:
-            raise ValueError(f"the model {self.model_id} is English-only")
+            raise ValueError(
+                f"the model {self.model_id} is English-only: it transcribes English speech "
+                "only (language `en`, or none)"
+            )
+
+    def check_task(self, task: str) -> None:
+        """Raise `ValueError` if this model can't do `task` (translation needs a multilingual
+        model: an English-only one would invent English for speech it doesn't know)."""
+        if task == "translate" and not self.multilingual:
+            raise ValueError(
+                f"the model {self.model_id} is English-only: it can't translate, only "
+                "transcribe English speech; serve a multilingual model (e.g. `base`) to translate"
+            )
 
     async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
         """The whole transcript, once every window is decoded."""

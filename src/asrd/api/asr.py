@@ -16,6 +16,7 @@ from ..errors import ApiError
 from ..inputs import load_source
 from ..limits import FORM_LIMITS
 from .common import (
+    check_task,
     decode,
     parse_language,
     read_upload,
@@ -110,6 +111,7 @@ async def asr(
 ) -> JSONResponse:
     started = time.perf_counter()
     engine = ready_engine(request)
+    check_task(engine, task, param="task")
     options = TranscribeOptions(
         language=parse_language(engine, language), task=task, word_timestamps=word_timestamps
     )

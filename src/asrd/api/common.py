@@ -80,6 +80,14 @@ def parse_language(engine: Engine, value: str | None) -> str | None:
     return code
 
 
+def check_task(engine: Engine, task: str, param: str | None = None) -> None:
+    """400 `unsupported_task` for a translation on an English-only model."""
+    try:
+        engine.check_task(task)
+    except ValueError as exc:
+        raise ApiError(400, "unsupported_task", str(exc), param=param) from None
+
+
 async def transcribe_until_disconnect(
     request: Request, engine: Engine, samples: np.ndarray, options: TranscribeOptions
 ) -> Transcript:

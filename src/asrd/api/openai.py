@@ -35,6 +35,7 @@ from ..formats import (
 from ..languages import language_name
 from ..models import canonical_name
 from .common import (
+    check_task,
     decode,
     parse_language,
     read_upload,
@@ -200,6 +201,7 @@ async def _transcribe(
             param="timestamp_granularities",
         )
     engine = ready_engine(request)
+    check_task(engine, task)
     settings = engine.settings
     max_s = max_segment_s or settings.segment_max_s
     max_chars = max_segment_chars or settings.segment_max_chars

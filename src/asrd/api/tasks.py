@@ -26,7 +26,7 @@ from ..formats import TEXT_CONTENT_TYPE, to_srt, to_text, to_vtt
 from ..inputs import UrlNotAllowed, check_url_allowed
 from ..logs import short_id
 from ..tasks import QueueFull, Task, TaskStatus
-from .common import parse_language, read_upload, ready_engine
+from .common import check_task, parse_language, read_upload, ready_engine
 
 router = APIRouter(prefix="/api/v1", tags=["task API"])
 
@@ -48,6 +48,7 @@ async def _submit(
         message = "the server is shutting down; submit the task again shortly"
         raise ApiError(503, "shutting_down", message, headers={"Retry-After": "5"})
     engine = ready_engine(request)
+    check_task(engine, kind)
     settings = engine.settings
     code = parse_language(engine, language)
     if callback_url:
