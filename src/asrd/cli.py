@@ -14,7 +14,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="asrd", description="Whisper speech recognition server")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="start the HTTP server (configured by env vars)")
-    serve.add_argument("--host", help="overrides HOST")
+    serve.add_argument("--host", help="overrides HOST and LISTEN")
     serve.add_argument("--port", type=int, help="overrides PORT")
     transcribe = commands.add_parser(
         "transcribe",
@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     overrides = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name)}
+    if args.host:
+        overrides["listen"] = None  # --host wins over LISTEN too
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:

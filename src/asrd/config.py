@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 MODEL_SIZES = ("tiny", "base", "small", "medium", "large")
@@ -26,6 +26,16 @@ COMPUTE_TYPES = (
     "float16",
     "bfloat16",
     "float32",
+)
+
+
+DEFAULT_MODEL_ALIASES = (
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "whisper-large-v3",
+    "whisper-large-v3-turbo",
 )
 
 
@@ -58,6 +68,13 @@ class Settings(BaseSettings):
         description="Interface to listen on. `*` means every interface, IPv4 and IPv6.",
     )
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on.")
+    listen: str | None = Field(
+        None,
+        description=(
+            "The second seed's name for HOST: when set, it wins (the start-up log names the "
+            "interfaces bound)."
+        ),
+    )
 
     # --- Model -------------------------------------------------------------------------------
     model_id: str = Field(
@@ -70,6 +87,15 @@ class Settings(BaseSettings):
             "a CTranslate2 conversion itself. Downloaded once into `CACHE_DIR`. `tiny.en` and "
             "`base` are used offline from the `asrd[offline]` packages when installed. The "
             "default, large-v3-turbo, is large-v3's accuracy at several times its speed."
+        ),
+    )
+    model_aliases: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: dict.fromkeys(DEFAULT_MODEL_ALIASES, ""),
+        description=(
+            "Model names clients send that mean a served model, comma-separated `alias=model` "
+            "(a bare `alias` means MODEL_ID), matched case-insensitively. Default: OpenAI's and "
+            "Groq's names (" + ", ".join(f"`{name}`" for name in DEFAULT_MODEL_ALIASES) + ") "
+            "mean MODEL_ID. Setting it replaces the defaults."
         ),
     )
     cache_dir: Path = Field(
@@ -374,6 +400,14 @@ class Settings(BaseSettings):
         ),
     )
 
+    salad_machine_id: str | None = Field(
+        None, description="Set by SaladCloud; sent back in the `X-Salad-Machine-ID` header."
+    )
+    salad_container_group_id: str | None = Field(
+        None,
+        description="Set by SaladCloud; sent back in the `X-Salad-Container-Group-ID` header.",
+    )
+
     # --- Model lifecycle (the second seed's variables) ----------------------------------------
     load_model_on_startup: bool = Field(
         True,
@@ -455,6 +489,12 @@ class Settings(BaseSettings):
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Log level."
     )
+    log_level_console: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = Field(
+        None, description="Log level of the console (the second seed's name); unset: LOG_LEVEL."
+    )
+    log_level_file: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = Field(
+        None, description="Log level of the files in LOG_DIR; unset: LOG_LEVEL."
+    )
     log_privacy_mode: bool = Field(
         True,
         description="Shorten task ids in logs (`3f2a…9c1d`). Transcripts are never logged.",
@@ -493,7 +533,7 @@ class Settings(BaseSettings):
         "is believed. The check is on the TCP peer address, so no header can fake it.",
     )
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_level_console", "log_level_file", mode="before")
     @classmethod
     def _upper(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
@@ -556,6 +596,25 @@ class Settings(BaseSettings):
                 raise ValueError(f"{path} is not a directory")
             resolved.append(path.resolve())
         return resolved
+
+    @field_validator("model_aliases", mode="before")
+    @classmethod
+    def _parse_aliases(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        aliases = {}
+        for item in _split_csv(value):  # type: ignore[union-attr]
+            name, _, target = item.partition("=")
+            if not name.strip():
+                raise ValueError(f"{item!r}: an alias needs a name (`alias=model`)")
+            aliases[name.strip().lower()] = target.strip()
+        return aliases
+
+    @model_validator(mode="after")
+    def _listen_wins(self) -> Settings:
+        if self.listen:
+            self.host = self.listen
+        return self
 
     @field_validator("max_uploads_in_memory_mb")
     @classmethod

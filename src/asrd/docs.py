@@ -18,7 +18,11 @@ def env_table() -> str:
     rows = ["| Variable | Default | Meaning |", "|---|---|---|"]
     for name, field in Settings.model_fields.items():
         if field.default_factory is not None:
-            factory_defaults = {"cache_dir": "`~/.cache/asrd`", "cpu_threads": "all cores"}
+            factory_defaults = {
+                "cache_dir": "`~/.cache/asrd`",
+                "cpu_threads": "all cores",
+                "model_aliases": "OpenAI's and Groq's names",
+            }
             default = factory_defaults.get(name, "empty")
         elif name in AUTO_DEFAULTS:
             default = AUTO_DEFAULTS[name]
