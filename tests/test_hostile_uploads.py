@@ -189,7 +189,7 @@ def test_audio_larger_than_the_whole_budget_is_413(small_budget: AsrdServer) -> 
 def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> None:
     """Four 12-minute silence bombs at once (23 MB decoded each, 48 MB of budget): each is
     answered 200 (nothing said) or 503 with Retry-After, never more memory than the budget;
-    a short clip sent meanwhile is answered too, and /hc stays fast."""
+    a short clip sent meanwhile is answered at once, and /hc stays fast."""
     pid = small_budget.process.pid
     bomb = silence_flac(12 * 60)
     baseline = rss_mb(pid)
@@ -206,15 +206,19 @@ def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> No
     def send(data: bytes) -> httpx.Response:
         return httpx.post(f"{small_budget.url}/asr", content=data, timeout=120)
 
+    def timed(data: bytes) -> tuple[httpx.Response, float]:
+        started = time.monotonic()
+        return send(data), time.monotonic() - started
+
     watcher = threading.Thread(target=watch_health)
     watcher.start()
     try:
         with ThreadPoolExecutor(5) as pool:
             bombs = [pool.submit(send, bomb) for _ in range(4)]
             time.sleep(0.5)
-            clip = pool.submit(send, WEATHER.read())
+            clip = pool.submit(timed, WEATHER.read())
             answers = [future.result() for future in bombs]
-            short = clip.result()
+            short, short_s = clip.result()
     finally:
         stop.set()
         watcher.join()
@@ -226,10 +230,9 @@ def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> No
             assert response.status_code == 200, response.text
             assert response.json()["text"] == ""
     assert any(response.status_code == 503 for response in answers)
-    if short.status_code == 503:
-        assert_error(short, 503, "server_busy")
-    else:
-        assert wer(WEATHER.transcript, short.json()["text"]) < 0.3
+    # Long audio is decoded and searched for speech in its own lane: the clip doesn't wait.
+    assert short.status_code == 200 and wer(WEATHER.transcript, short.json()["text"]) < 0.3
+    assert short_s < 5, f"the short clip waited {short_s:.1f} s behind the bombs"
     growth = peak_rss_mb(pid) - baseline
     assert growth < BUDGET_MB + 150, f"peak RSS {growth:.0f} MB over the idle server's"
     assert max(hc_times) < 1.0, f"/hc took up to {max(hc_times):.2f} s"

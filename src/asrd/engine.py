@@ -44,6 +44,14 @@ class EngineState(enum.StrEnum):
     FAILED = "failed"
 
 
+# Audio longer than this is decoded, and has its speech found, in the long lane (one at a time).
+LONG_AUDIO_S = 600
+
+
+class _LongAudio(Exception):
+    """Raised in the short lane by audio past LONG_AUDIO_S: it is decoded in the long lane."""
+
+
 class EngineNotReady(Exception):
     """The model is not loaded (yet, or it failed to load)."""
 
@@ -150,6 +158,8 @@ class Engine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-engine")
         # Decoding is separate so a request can be decoded while another is transcribed.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asrd-decode")
+        # Decoding and VAD of long audio, one at a time, apart from the short lane above.
+        self._long_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-long")
         self._load_lock: asyncio.Lock | None = None
         self._active_jobs = 0
         self._unload_timer: asyncio.TimerHandle | None = None
@@ -340,30 +350,49 @@ class Engine:
         """Decode audio bytes off the event loop, to int16 samples (see `audio.decode`),
         within MAX_AUDIO_S, MAX_DECODE_CPU_S and the server's decoded-audio budget, which
         the samples hold until they are freed (waiting up to `wait_s` for room, else
-        `BudgetExceeded`). Cancelling the call stops the decoding thread too."""
-        reservation = self.audio_budget.reservation()
+        `BudgetExceeded`). Cancelling the call stops the decoding thread too.
+
+        Decoding starts in the short lane; audio that turns out longer than LONG_AUDIO_S is
+        decoded again in the long lane (the first minutes cost a second or two), so hours of
+        audio (or a small file that claims them) never hold up everyone else's clips."""
+        loop = asyncio.get_running_loop()
         cancelled = threading.Event()
-
-        def run() -> DecodedAudio:
-            try:
-                audio = decode(
-                    data,
-                    max_duration_s=self.settings.max_audio_s,
-                    max_cpu_s=self.settings.max_decode_cpu_s,
-                    reserve=lambda nbytes: reservation.grow(nbytes, wait_s),
-                    cancelled=cancelled,
-                )
-            except BaseException:
-                reservation.release()
-                raise
-            reservation.hold_until_freed(audio.samples)
-            return audio
-
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._decoder, run)
+            try:
+                return await loop.run_in_executor(
+                    self._decoder, self._decode_sync, data, wait_s, cancelled, True
+                )
+            except _LongAudio:
+                return await loop.run_in_executor(
+                    self._long_lane, self._decode_sync, data, wait_s, cancelled, False
+                )
         except asyncio.CancelledError:
             cancelled.set()
             raise
+
+    def _decode_sync(
+        self, data: bytes, wait_s: float | None, cancelled: threading.Event, short: bool
+    ) -> DecodedAudio:
+        reservation = self.audio_budget.reservation()
+
+        def reserve(nbytes: int) -> None:
+            if short and reservation.nbytes + nbytes > LONG_AUDIO_S * SAMPLE_RATE * 2:
+                raise _LongAudio
+            reservation.grow(nbytes, wait_s)
+
+        try:
+            audio = decode(
+                data,
+                max_duration_s=self.settings.max_audio_s,
+                max_cpu_s=self.settings.max_decode_cpu_s,
+                reserve=reserve,
+                cancelled=cancelled,
+            )
+        except BaseException:
+            reservation.release()
+            raise
+        reservation.hold_until_freed(audio.samples)
+        return audio
 
     async def probe(self, data: bytes) -> None:
         """Check, without decoding it all, that `data` holds an audio stream (`AudioError`)."""
@@ -413,8 +442,9 @@ class Engine:
 
             on_segments = to_loop
 
+            long_audio = len(samples) > LONG_AUDIO_S * SAMPLE_RATE
             job = await loop.run_in_executor(
-                self._decoder,
+                self._long_lane if long_audio else self._decoder,  # VAD runs there
                 new_job,
                 samples,
                 self._job_options(options),
@@ -502,6 +532,7 @@ class Engine:
         self.scheduler.stop()
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._long_lane.shutdown(wait=False, cancel_futures=True)
 
 
 def _segment(decoded: DecodedSegment, index: int) -> Segment:
