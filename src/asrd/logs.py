@@ -64,20 +64,31 @@ class PrivacyFilter(logging.Filter):
         return True
 
 
+def log_levels(settings: Settings) -> tuple[int, int]:
+    """The console's and the files' levels: LOG_LEVEL_CONSOLE and LOG_LEVEL_FILE (the second
+    seed's names), each LOG_LEVEL when unset."""
+    console = settings.log_level_console or settings.log_level
+    file = settings.log_level_file or settings.log_level
+    return logging.getLevelName(console), logging.getLevelName(file)
+
+
 def setup_logging(settings: Settings) -> None:
     formatter = EscapingFormatter(settings.log_format, settings.log_date_format, style="{")
-    handlers: list[logging.Handler] = [logging.StreamHandler()]
+    console_level, file_level = log_levels(settings)
+    console = logging.StreamHandler()
+    console.setLevel(console_level)
+    handlers: list[logging.Handler] = [console]
     if settings.log_dir is not None:
         settings.log_dir.mkdir(parents=True, exist_ok=True)
-        handlers.append(
-            TimedRotatingFileHandler(
-                settings.log_dir / settings.log_file,
-                when=settings.log_rotation_when,
-                interval=settings.log_rotation_interval,
-                backupCount=settings.log_rotation_backup_count,
-                encoding="utf-8",
-            )
+        file = TimedRotatingFileHandler(
+            settings.log_dir / settings.log_file,
+            when=settings.log_rotation_when,
+            interval=settings.log_rotation_interval,
+            backupCount=settings.log_rotation_backup_count,
+            encoding="utf-8",
         )
+        file.setLevel(file_level)
+        handlers.append(file)
     root = logging.getLogger()
     for handler in list(root.handlers):
         root.removeHandler(handler)
@@ -86,9 +97,11 @@ def setup_logging(settings: Settings) -> None:
         if settings.log_privacy_mode:
             handler.addFilter(PrivacyFilter())
         root.addHandler(handler)
-    root.setLevel(settings.log_level)
+    # The root passes on what the most verbose handler wants; each handler drops the rest.
+    lowest = min(handler.level for handler in handlers)
+    root.setLevel(lowest)
     # faster-whisper logs every request at INFO; asrd logs what matters itself.
-    verbose = settings.log_level == "DEBUG"
+    verbose = lowest <= logging.DEBUG
     logging.getLogger("faster_whisper").setLevel(logging.DEBUG if verbose else logging.WARNING)
     for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
         logging.getLogger(name).handlers.clear()

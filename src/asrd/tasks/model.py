@@ -59,6 +59,9 @@ class Task:
     error: dict | None = None
     cancelled: bool = False
     warnings: list[str] = field(default_factory=list)  # audio that could not be decoded
+    target_model: str | None = None  # the model that was to run it, when it was submitted
+    used_model: str | None = None  # the model that did run it, and on which device
+    used_device: str | None = None  # `cuda` or `cpu`
 
     def __post_init__(self) -> None:
         self.file_name = clean_file_name(self.file_name)
@@ -72,6 +75,11 @@ class Task:
         return self.status in (TaskStatus.FINISHED, TaskStatus.FAILED)
 
     def to_json(self, position: int | None) -> dict:
+        """The task as the status routes answer it: asrd's fields (`result` with segments,
+        `error`, `warnings`, `expires_at`, ...) and, beside them, the second seed's names for
+        what its clients read (`transcript`, `source_language`, `time_processing_finished`,
+        `target_model_size`, `used_model_size`, `used_device`), which it fills only once the
+        task is finished."""
         result = None
         if self.transcript is not None:
             result = {
@@ -86,6 +94,7 @@ class Task:
         processing = None
         if self.started_at is not None and self.finished_at is not None:
             processing = round(self.finished_at - self.started_at, 3)
+        finished = self.status is TaskStatus.FINISHED and result is not None
         return {
             "task_id": self.id,
             "task_type": self.type,
@@ -101,4 +110,18 @@ class Task:
             "error": self.error,
             "warnings": self.warnings,
             "expires_at": _iso(self.expires_at),
+            # The second seed's fields.
+            "transcript": result["text"] if finished else None,
+            "source_language": result["language"] if finished else None,
+            "time_processing_finished": _iso(self.finished_at) if finished else None,
+            "target_model_size": self.target_model,
+            "used_model_size": self.used_model if finished else None,
+            "used_device": _seed_device(self.used_device) if finished else None,
         }
+
+
+def _seed_device(device: str | None) -> str | None:
+    """The seed's word for a device: `gpu` or `cpu`."""
+    if device is None:
+        return None
+    return "gpu" if device == "cuda" else device

@@ -100,6 +100,8 @@ class TaskWorker:
         if task.cancelled or transcript is None:
             log.info("task %s: cancelled", short_id(task.id))
             return
+        # The model and device that ran it (a GPU that failed to load falls back to the CPU).
+        task.used_model, task.used_device = self.engine.model_id, self.engine.device.device
         await self.queue.finish(task, transcript)
         log.info(
             "task %s: finished, %.1f s of audio in %.1f s",
