@@ -232,7 +232,7 @@ def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> No
     assert any(response.status_code == 503 for response in answers)
     # Long audio is decoded and searched for speech in its own lane: the clip doesn't wait.
     assert short.status_code == 200 and wer(WEATHER.transcript, short.json()["text"]) < 0.3
-    assert short_s < 5, f"the short clip waited {short_s:.1f} s behind the bombs"
+    assert short_s < 8, f"the short clip waited {short_s:.1f} s behind the bombs"
     growth = peak_rss_mb(pid) - baseline
     assert growth < BUDGET_MB + 150, f"peak RSS {growth:.0f} MB over the idle server's"
     assert max(hc_times) < 1.0, f"/hc took up to {max(hc_times):.2f} s"

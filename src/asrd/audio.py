@@ -104,17 +104,22 @@ def decode(
     max_cpu_s: float | None = None,
     reserve: Callable[[int], None] | None = None,
     cancelled: threading.Event | None = None,
+    declared: Callable[[float], None] | None = None,
 ) -> DecodedAudio:
     """Decode `data` to 16 kHz mono int16 samples.
 
-    `reserve(n)` is called before the sample buffer grows by `n` bytes (it may raise to
-    refuse). Raises `AudioError` (`UnsupportedFormat`) for input that is not decodable audio,
+    `reserve(n)` is called before the sample buffer grows by `n` bytes, `declared(s)` before
+    decoding with the length the file's headers claim (if any); either may raise to refuse.
+    Raises `AudioError` (`UnsupportedFormat`) for input that is not decodable audio,
     `AudioTooLong` as soon as the audio passes `max_duration_s`, `DecodeTooSlow` past
     `max_cpu_s` of this thread's CPU time, `DecodeCancelled` once `cancelled` is set.
     """
     container = _open(data)
     with container:
         stream = container.streams.audio[0]
+        claimed_s = _declared_s(container, stream)
+        if declared is not None and claimed_s is not None:
+            declared(claimed_s)
         max_samples = None if max_duration_s is None else int(max_duration_s * SAMPLE_RATE)
         output = _SampleBuffer(reserve)
         converter = _MonoConverter()
@@ -135,7 +140,7 @@ def decode(
         samples = output.finish()
         if samples.size == 0:
             raise AudioError("the input holds no audio samples" + damage.suffix())
-        warnings = damage.warnings(len(samples) / SAMPLE_RATE, _declared_s(container, stream))
+        warnings = damage.warnings(len(samples) / SAMPLE_RATE, claimed_s)
         return DecodedAudio(samples, warnings, container.format.name)
 
 

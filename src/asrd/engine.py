@@ -45,7 +45,7 @@ class EngineState(enum.StrEnum):
 
 
 # Audio longer than this is decoded, and has its speech found, in the long lane (one at a time).
-LONG_AUDIO_S = 600
+LONG_AUDIO_S = 300
 
 
 class _LongAudio(Exception):
@@ -352,9 +352,10 @@ class Engine:
         the samples hold until they are freed (waiting up to `wait_s` for room, else
         `BudgetExceeded`). Cancelling the call stops the decoding thread too.
 
-        Decoding starts in the short lane; audio that turns out longer than LONG_AUDIO_S is
-        decoded again in the long lane (the first minutes cost a second or two), so hours of
-        audio (or a small file that claims them) never hold up everyone else's clips."""
+        Audio whose headers say it is longer than LONG_AUDIO_S is decoded in the long lane;
+        audio that turns out longer than it said is decoded again there (its first minutes
+        cost a second or so in the short lane): hours of audio, or a small file that holds
+        them, never hold up everyone else's clips."""
         loop = asyncio.get_running_loop()
         cancelled = threading.Event()
         try:
@@ -377,8 +378,12 @@ class Engine:
 
         def reserve(nbytes: int) -> None:
             if short and reservation.nbytes + nbytes > LONG_AUDIO_S * SAMPLE_RATE * 2:
-                raise _LongAudio
+                raise _LongAudio  # longer than it said
             reservation.grow(nbytes, wait_s)
+
+        def declared(seconds: float) -> None:
+            if short and seconds > LONG_AUDIO_S:
+                raise _LongAudio  # says so: straight to the long lane
 
         try:
             audio = decode(
@@ -387,6 +392,7 @@ class Engine:
                 max_cpu_s=self.settings.max_decode_cpu_s,
                 reserve=reserve,
                 cancelled=cancelled,
+                declared=declared,
             )
         except BaseException:
             reservation.release()
