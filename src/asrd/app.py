@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .api import asr, health, openai, tasks, web
+from .api import asr, docs, health, openai, tasks, web
 from .auth import ApiKeyMiddleware
 from .budget import MemoryBudget
 from .config import Settings, load_settings
@@ -28,6 +28,7 @@ from .limits import (
 )
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
 from .shutdown import ShutdownMiddleware, ShutdownState
+from .slashes import TrailingSlashMiddleware
 from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ def create_app(
         metrics.watch(
             lambda: queue.depth, lambda: float(engine.loaded), lambda: engine.scheduler.job_count
         )
+        metrics.watch_budget("decoded_audio", lambda: engine.audio_budget.used)
 
         async def load() -> None:
             await engine.start()
@@ -113,7 +115,14 @@ def create_app(
         summary="Whisper speech recognition server",
         lifespan=lifespan,
         form_limits=FORM_LIMITS,
+        # /docs and /redoc are served from local copies of their scripts (see api/docs.py).
+        docs_url=None,
+        redoc_url=None,
     )
+    # A trailing slash is dropped (TrailingSlashMiddleware), never answered with a 307.
+    app.router.redirect_slashes = False
+    uploads = MemoryBudget(settings.max_uploads_in_memory_bytes)
+    metrics.watch_budget("uploads", lambda: uploads.used)
     app.state.settings, app.state.metrics, app.state.shutdown = settings, metrics, shutdown
     install_error_handlers(app)
 
@@ -131,7 +140,7 @@ def create_app(
         BodySizeLimitMiddleware,
         upload_limit_bytes=settings.max_upload_bytes,
         form_overhead_bytes=BODY_OVERHEAD_BYTES,
-        memory=MemoryBudget(settings.max_uploads_in_memory_bytes),
+        memory=uploads,
     )
     app.add_middleware(UploadRateMiddleware, min_bytes_per_s=settings.min_upload_kb_s * 1024)
     if settings.api_keys:
@@ -157,6 +166,8 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "X-API-Key"],
             allow_credentials=not any_origin,  # never `*` with credentials
         )
+    # Outermost: every middleware sees `/v1/audio/transcriptions/` as the path it serves.
+    app.add_middleware(TrailingSlashMiddleware, router=app.router)
     # Keep uploads in memory up to the body limit: Starlette would otherwise spool files over
     # 1 MB to disk, and asrd promises that audio never touches the disk.
     MultiPartParser.spool_max_size = max(
@@ -168,6 +179,7 @@ def create_app(
     app.include_router(tasks.router)
     app.include_router(web.router)
     web.mount_static(app)
+    docs.install(app)
     return app
 
 

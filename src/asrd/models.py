@@ -232,3 +232,79 @@ def choose_model_id(
         english_only = canonical_name(chosen).endswith(".en") and max_model != "large"
         return f"{max_model}.en" if english_only else max_model
     return chosen
+
+
+# --- The names clients may send for the served model (OpenAI's `model` field) ---------------
+
+
+def model_key(name: str) -> str:
+    """One key for every common spelling of a model, case-insensitive: `tiny.en`,
+    `Systran/faster-whisper-tiny.en`, `openai/whisper-tiny.en` and `whisper-tiny.en` all give
+    `systran/faster-whisper-tiny.en` (the repo of its CTranslate2 conversion)."""
+    name = name.strip().rstrip("/").lower()
+    name = _HF_ALIASES.get(name, name)
+    if name.startswith("whisper-") and name.removeprefix("whisper-") in FASTER_WHISPER_REPOS:
+        name = name.removeprefix("whisper-")
+    return FASTER_WHISPER_REPOS.get(name, name).lower()
+
+
+def is_local_model(model_id: str) -> bool:
+    return Path(model_id).expanduser().is_dir()
+
+
+def public_model_id(model_id: str) -> str:
+    """The served model's id as clients see it: a local directory's name, never its path."""
+    return Path(model_id).expanduser().name if is_local_model(model_id) else model_id
+
+
+def same_model(name: str, model_id: str) -> bool:
+    """Whether a client's `name` is a spelling of `model_id` (for a local directory: its path
+    or its name)."""
+    if is_local_model(model_id):
+        path = Path(model_id).expanduser()
+        return name.strip().rstrip("/").lower() in (path.name.lower(), str(path).lower())
+    return model_key(name) == model_key(model_id)
+
+
+class ModelNames:
+    """What the served model answers to: its own id in every common spelling, and the aliases
+    of MODEL_ALIASES whose target is the served model ("" means it; so does MODEL_ID itself,
+    which the served model stands in for after DEVELOP_MODE or CPU_FALLBACK_MODEL)."""
+
+    def __init__(self, served: str, configured: str, aliases: dict[str, str]):
+        self.served, self.configured = served, configured
+        self.aliases = {name.strip().lower(): target.strip() for name, target in aliases.items()}
+
+    @property
+    def public_id(self) -> str:
+        return public_model_id(self.served)
+
+    def _target_served(self, target: str) -> bool:
+        return not target or same_model(target, self.served) or same_model(target, self.configured)
+
+    def served_aliases(self) -> list[str]:
+        """The aliases that mean the served model, in MODEL_ALIASES' order."""
+        return [name for name, target in self.aliases.items() if self._target_served(target)]
+
+    def match(self, name: str) -> str | None:
+        """`model` if `name` spells the served model, `alias` if it is one of its aliases,
+        None if this server does not serve it."""
+        if same_model(name, self.served):
+            return "model"
+        target = self.aliases.get(name.strip().lower())
+        if target is not None and self._target_served(target):
+            return "alias"
+        return None
+
+    def not_served(self, name: str) -> str:
+        """Why `name` is refused, and what is served instead."""
+        target = self.aliases.get(name.strip().lower())
+        why = f"The model `{name}` does not exist on this server"
+        if target:
+            why = (
+                f"`{name}` is an alias (MODEL_ALIASES) of `{target}`, which this server does "
+                "not serve"
+            )
+        aliases = ", ".join(f"`{alias}`" for alias in self.served_aliases())
+        also = f"; also as {aliases}" if aliases else ""
+        return f"{why}: it serves `{self.public_id}`{also} (see GET /v1/models)"

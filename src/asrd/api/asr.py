@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import time
+from codecs import BOM_UTF8
 from typing import Literal
 
 from fastapi import APIRouter, Query, Request
@@ -14,7 +17,8 @@ from starlette.datastructures import UploadFile
 from ..engine import TranscribeOptions
 from ..errors import ApiError
 from ..inputs import load_source
-from ..limits import FORM_LIMITS
+from ..limits import FORM_LIMITS, JSON_LIMIT_BYTES
+from ..models import public_model_id
 from .common import (
     check_task,
     decode,
@@ -26,8 +30,6 @@ from .common import (
 )
 
 router = APIRouter(tags=["seed API"])
-
-RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded")
 
 
 class UrlRequest(BaseModel):
@@ -62,8 +64,7 @@ _ERRORS = {
         "unknown language",
         403: "A server path outside LOCAL_FILE_DIRS",
         413: "Audio over MAX_UPLOAD_MB, MAX_AUDIO_S or MAX_DECODE_CPU_S",
-        415: "Unsupported Content-Type",
-        422: "JSON or form without the expected field",
+        422: "A JSON object without a string `url`, or a form without a `file`",
         502: "Downloading the URL failed",
         503: "The model is not loaded yet, or the decoded-audio budget is full",
         504: "Downloading the URL timed out",
@@ -72,13 +73,16 @@ _ERRORS = {
 
 _REQUEST_BODY = {
     "required": True,
+    "description": "Audio bytes with any Content-Type (or none); or a JSON object with a `url` "
+    "(recognised whatever the Content-Type, up to 64 KB); or a multipart form with a `file`.",
     "content": {
         "application/octet-stream": {
             "schema": {"type": "string", "format": "binary"},
-            "example": "(the audio file's bytes; also audio/* or no Content-Type)",
+            "example": "(the audio file's bytes; any Content-Type, or none)",
         },
         "audio/*": {"schema": {"type": "string", "format": "binary"}},
         "application/json": {"schema": UrlRequest.model_json_schema()},
+        "text/plain": {"schema": UrlRequest.model_json_schema()},
         "multipart/form-data": {
             "schema": {
                 "type": "object",
@@ -143,11 +147,16 @@ async def asr(
         duration=round(transcript.duration, 3),
         warnings=warnings,
     )
+    settings = request.app.state.settings
     headers |= {
         "X-Processing-Time": f"{elapsed:.3f}",
         "X-Audio-Length": f"{transcript.duration:.3f}",
         "X-Realtime-Factor": f"{transcript.duration / max(elapsed, 1e-6):.2f}",
-        "X-Model-ID": engine.model_id,
+        "X-Model-ID": public_model_id(engine.model_id),
+        # The seed's deployment headers, always sent as it did: empty when they don't apply.
+        "X-GPU-Name": gpu_name() if engine.device.device == "cuda" else "",
+        "X-Salad-Machine-ID": _header_value(settings.salad_machine_id),
+        "X-Salad-Container-Group-ID": _header_value(settings.salad_container_group_id),
     }
     # `warnings` only when there are some: the seed's clients see the shape they know.
     content = body.model_dump(exclude=None if warnings else {"warnings"})
@@ -155,26 +164,61 @@ async def asr(
 
 
 async def read_audio_input(request: Request) -> bytes:
-    """The audio bytes of a `/asr` request, whichever of the four shapes it has."""
+    """The audio bytes of a `/asr` request, whichever of the four shapes it has.
+
+    As the seed did, the Content-Type decides little: a body that is a JSON object with a
+    `url` is a URL request whatever its type (`curl -d` sends a form type, `requests.post(
+    data=json.dumps(...))` none, a browser's `fetch` with a string body `text/plain`), a
+    multipart form is a form, and anything else is audio, for the decoder to accept or refuse.
+    """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     settings = request.app.state.settings
     if content_type == "application/json" or content_type.endswith("+json"):
+        # Held to JSON_LIMIT_BYTES by the body limit: a JSON type always means a JSON body.
         return await load_source(_parse_url_request(await request.body()).url, settings)
     if content_type == "multipart/form-data":
         return await _read_form_file(request)
-    is_raw = content_type in RAW_TYPES or content_type.startswith(("audio/", "video/"))
-    if not content_type or is_raw:
-        data = await request.body()  # exactly capped at MAX_UPLOAD_MB by the body limit
-        if not data:
-            raise ApiError(400, "invalid_audio", "the request body is empty")
-        return data
-    raise ApiError(
-        415,
-        "unsupported_media_type",
-        f"Content-Type {content_type!r} is not accepted: send audio bytes "
-        '(application/octet-stream or audio/*), JSON {"url": ...}, or multipart/form-data '
-        "with a 'file' field",
-    )
+    data = await request.body()  # exactly capped at MAX_UPLOAD_MB by the body limit
+    if not data:
+        raise ApiError(400, "invalid_audio", "the request body is empty")
+    if _looks_like_json_object(data):
+        # Small (JSON_LIMIT_BYTES at most), so parsed here on the loop in microseconds.
+        return await load_source(_parse_url_request(data).url, settings)
+    return data
+
+
+def _header_value(value: str | None) -> str:
+    """A setting as a header value: printable ASCII only (no header injection, no 500)."""
+    return "".join(char if " " <= char <= "~" else "?" for char in (value or "").strip())
+
+
+@functools.cache
+def gpu_name(index: int = 0) -> str:
+    """The name of CUDA device `index` (the one CTranslate2 uses), from the driver's own
+    library: no nvidia-smi, no torch. "" if it can't be read."""
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+        device, name = ctypes.c_int(), ctypes.create_string_buffer(256)
+        if (
+            cuda.cuInit(0) != 0
+            or cuda.cuDeviceGet(ctypes.byref(device), index) != 0
+            or cuda.cuDeviceGetName(name, len(name), device) != 0
+        ):
+            return ""
+    except (OSError, AttributeError):
+        return ""
+    return _header_value(name.value.decode("utf-8", "replace"))
+
+
+def _looks_like_json_object(data: bytes) -> bool:
+    """A small body that parses as a JSON object. No audio format starts with `{`, and the
+    few kilobytes parsed here cost nothing; a bigger body is audio (or refused as such)."""
+    if len(data) > JSON_LIMIT_BYTES or data.removeprefix(BOM_UTF8).lstrip()[:1] != b"{":
+        return False
+    try:
+        return isinstance(json.loads(data), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
 
 
 def _parse_url_request(raw: bytes) -> UrlRequest:

@@ -4,6 +4,14 @@ Faithful to OpenAI's behaviour where clients can see it (formats, content types,
 `timestamp_granularities[]` rules, streaming events, error shape), with two documented
 extensions: `max_segment_s` / `max_segment_chars` form fields, and a `segment` object (with
 timings) on each streamed delta.
+
+The `model` field takes the served model in any common spelling (`tiny.en`,
+`openai/whisper-tiny.en`, `Systran/faster-whisper-tiny.en`, any case) or an alias from
+MODEL_ALIASES (OpenAI's and Groq's names by default); anything else is a 404 that names what is
+served. What asrd can't do is refused with a 400 that says so, never silently ignored:
+`include[]=logprobs` (no per-token log-probabilities), `response_format=diarized_json` and
+`known_speaker_*` (no speaker diarization). A diarization model name (`...-diarize`) with any
+other format is served as plain transcription, with `X-Diarization: unsupported`.
 """
 
 from __future__ import annotations
@@ -13,11 +21,12 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from ..engine import Engine, EngineNotReady, Segment, TranscribeOptions, Transcript
 from ..errors import ApiError, openai_error_body
@@ -33,7 +42,7 @@ from ..formats import (
     words_json,
 )
 from ..languages import language_name
-from ..models import canonical_name
+from ..models import ModelNames
 from .common import (
     check_task,
     decode,
@@ -47,10 +56,11 @@ from .common import (
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
 
-ALIAS = "whisper-1"
-ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json"]
-Granularity = Literal["segment", "word"]
+# `diarized_json` is OpenAI's, for its diarization model: refused with a 400 that says why.
+ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized_json"]
+GRANULARITIES = ("segment", "word")
 STARTED = int(time.time())
+DIARIZATION_HEADER = "X-Diarization"
 
 
 class ModelObject(BaseModel):
@@ -58,6 +68,17 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
+    # asrd's extensions: what the model can do, and which model an alias means.
+    multilingual: bool = Field(
+        description="false: English-only (transcribes English, can't translate)"
+    )
+    tasks: list[Literal["transcribe", "translate"]] = Field(
+        description="`transcribe` (/v1/audio/transcriptions) and, when multilingual, "
+        "`translate` (/v1/audio/translations)"
+    )
+    alias_of: str | None = Field(
+        None, description="For an alias or another spelling: the served model it names"
+    )
 
 
 class ModelList(BaseModel):
@@ -65,29 +86,40 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
-def _served(request: Request) -> list[str]:
-    return [request.app.state.engine.model_id, ALIAS]
+def model_names(request: Request) -> ModelNames:
+    settings = request.app.state.settings
+    return ModelNames(request.app.state.engine.model_id, settings.model_id, settings.model_aliases)
+
+
+def _model_object(request: Request, name: str, names: ModelNames) -> ModelObject:
+    multilingual = request.app.state.engine.multilingual
+    return ModelObject(
+        id=name,
+        created=STARTED,
+        owned_by="asrd",
+        multilingual=multilingual,
+        tasks=["transcribe", "translate"] if multilingual else ["transcribe"],
+        alias_of=None if name == names.public_id else names.public_id,
+    )
 
 
 def _check_model(request: Request, model: str | None) -> None:
     if not model:
         return
-    served = request.app.state.engine.model_id
-    if model not in (served, ALIAS) and canonical_name(model) != canonical_name(served):
-        raise ApiError(
-            404,
-            "model_not_found",
-            f"The model `{model}` does not exist; this server serves `{served}` "
-            f"(also as `{ALIAS}`)",
-            param="model",
-        )
+    names = model_names(request)
+    if names.match(model) is None:
+        raise ApiError(404, "model_not_found", names.not_served(model), param="model")
 
 
-@router.get("/models", response_model=ModelList, summary="The served model, and its alias")
+@router.get(
+    "/models",
+    response_model=ModelList,
+    summary="The served model, then its aliases (MODEL_ALIASES)",
+)
 async def list_models(request: Request) -> ModelList:
-    return ModelList(
-        data=[ModelObject(id=name, created=STARTED, owned_by="asrd") for name in _served(request)]
-    )
+    names = model_names(request)
+    ids = [names.public_id, *names.served_aliases()]
+    return ModelList(data=[_model_object(request, name, names) for name in ids])
 
 
 _NOT_FOUND = {404: {"description": "Not the served model"}}
@@ -105,17 +137,33 @@ _AUDIO_ERRORS = {
     summary="One model, or 404 if unknown",
 )
 async def get_model(request: Request, model_id: str) -> ModelObject:
-    _check_model(request, model_id)
-    return ModelObject(id=model_id, created=STARTED, owned_by="asrd")
+    model_id = model_id.rstrip("/")  # `/v1/models/whisper-1/`
+    names = model_names(request)
+    if names.match(model_id) is None:
+        raise ApiError(404, "model_not_found", names.not_served(model_id), param="model")
+    return _model_object(request, model_id, names)
 
 
 _FORM_DOC = {
-    "model": "`whisper-1` or the served model's id",
+    "model": "The served model in any common spelling (`tiny.en`, `openai/whisper-tiny.en`, "
+    "`Systran/faster-whisper-tiny.en`, any case) or an alias from MODEL_ALIASES (default: "
+    "`whisper-1`, `gpt-4o-transcribe`, `gpt-4o-mini-transcribe`, `gpt-4o-transcribe-diarize`, "
+    "`whisper-large-v3`, `whisper-large-v3-turbo`); anything else is 404. See GET /v1/models",
     "language": "ISO 639-1 code of the speech (e.g. `fr`); detected when absent",
     "prompt": "Text to guide the style or continue a previous segment",
+    "response_format": "`json`, `text`, `srt`, `vtt` or `verbose_json`. `diarized_json` is a "
+    "400: asrd has no speaker diarization",
     "temperature": "0 (default): start at 0 and fall back to higher temperatures on "
     "failure, as OpenAI documents; above 0: that temperature",
     "granularities": "`segment` and/or `word`; `word` needs `verbose_json`",
+    "granularities_plain": "The same as `timestamp_granularities[]`, for clients that send the "
+    "name without brackets (also comma-separated)",
+    "include": "OpenAI's `logprobs` is refused with a 400: asrd computes no per-token "
+    "log-probabilities (`verbose_json` segments have `avg_logprob`)",
+    "include_plain": "The same as `include[]`",
+    "chunking_strategy": "Accepted for compatibility (`auto`, or a `server_vad` object, also as "
+    "`chunking_strategy[type]=server_vad`), no effect: asrd always cuts long audio at the pauses "
+    "its voice activity detection finds",
     "stream": "Server-Sent Events: `transcript.text.delta` per segment, then "
     "`transcript.text.done`",
     "max_segment_s": "asrd extension: split segments longer than this many seconds at word "
@@ -125,73 +173,150 @@ _FORM_DOC = {
 }
 
 
+@dataclass
+class AudioForm:
+    """The form fields both audio routes share (FastAPI fills it from the multipart body)."""
+
+    file: Annotated[UploadFile, File(description="The audio file, in any format FFmpeg decodes")]
+    model: Annotated[str | None, Form(description=_FORM_DOC["model"])] = None
+    prompt: Annotated[str | None, Form(description=_FORM_DOC["prompt"], max_length=4000)] = None
+    response_format: Annotated[ResponseFormat, Form(description=_FORM_DOC["response_format"])] = (
+        "json"
+    )
+    temperature: Annotated[float, Form(ge=0, le=1, description=_FORM_DOC["temperature"])] = 0.0
+    granularities: Annotated[
+        list[str] | None,
+        Form(alias="timestamp_granularities[]", description=_FORM_DOC["granularities"]),
+    ] = None
+    granularities_plain: Annotated[
+        list[str] | None,
+        Form(alias="timestamp_granularities", description=_FORM_DOC["granularities_plain"]),
+    ] = None
+    include: Annotated[
+        list[str] | None, Form(alias="include[]", description=_FORM_DOC["include"])
+    ] = None
+    include_plain: Annotated[
+        list[str] | None, Form(alias="include", description=_FORM_DOC["include_plain"])
+    ] = None
+    chunking_strategy: Annotated[str | None, Form(description=_FORM_DOC["chunking_strategy"])] = (
+        None
+    )
+    stream: Annotated[bool, Form(description=_FORM_DOC["stream"])] = False
+    max_segment_s: Annotated[float | None, Form(gt=0, description=_FORM_DOC["max_segment_s"])] = (
+        None
+    )
+    max_segment_chars: Annotated[
+        int | None, Form(ge=10, description=_FORM_DOC["max_segment_chars"])
+    ] = None
+
+
+_OK = {200: {"content": {"text/plain": {}, "text/event-stream": {}}}}
+
+
 @router.post(
     "/audio/transcriptions",
     summary="Transcribe audio into the language it is spoken in",
-    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}, **_AUDIO_ERRORS},
+    responses={**_OK, **_AUDIO_ERRORS},
 )
 async def create_transcription(
     request: Request,
-    file: UploadFile = File(description="The audio file, in any format FFmpeg decodes"),
-    model: str | None = Form(None, description=_FORM_DOC["model"]),
+    form: Annotated[AudioForm, Depends()],
     language: str | None = Form(None, description=_FORM_DOC["language"]),
-    prompt: str | None = Form(None, description=_FORM_DOC["prompt"], max_length=4000),
-    response_format: ResponseFormat = Form("json"),
-    temperature: float = Form(0.0, ge=0, le=1, description=_FORM_DOC["temperature"]),
-    timestamp_granularities: list[Granularity] = Form(
-        ["segment"], alias="timestamp_granularities[]", description=_FORM_DOC["granularities"]
-    ),
-    stream: bool = Form(False, description=_FORM_DOC["stream"]),
-    max_segment_s: float | None = Form(None, gt=0, description=_FORM_DOC["max_segment_s"]),
-    max_segment_chars: int | None = Form(None, ge=10, description=_FORM_DOC["max_segment_chars"]),
 ) -> Response:
-    return await _transcribe(
-        request, "transcribe", file, model, language, prompt, response_format, temperature,
-        timestamp_granularities, stream, max_segment_s, max_segment_chars,
-    )  # fmt: skip
+    return await _transcribe(request, "transcribe", form, language)
 
 
 @router.post(
     "/audio/translations",
     summary="Translate speech in any language into English text",
-    responses={200: {"content": {"text/plain": {}, "text/event-stream": {}}}, **_AUDIO_ERRORS},
+    responses={**_OK, **_AUDIO_ERRORS},
 )
 async def create_translation(
     request: Request,
-    file: UploadFile = File(description="The audio file, in any format FFmpeg decodes"),
-    model: str | None = Form(None, description=_FORM_DOC["model"]),
+    form: Annotated[AudioForm, Depends()],
     language: str | None = Form(None, description="asrd extension: " + _FORM_DOC["language"]),
-    prompt: str | None = Form(None, description=_FORM_DOC["prompt"], max_length=4000),
-    response_format: ResponseFormat = Form("json"),
-    temperature: float = Form(0.0, ge=0, le=1, description=_FORM_DOC["temperature"]),
-    timestamp_granularities: list[Granularity] = Form(
-        ["segment"], alias="timestamp_granularities[]", description=_FORM_DOC["granularities"]
-    ),
-    stream: bool = Form(False, description=_FORM_DOC["stream"]),
-    max_segment_s: float | None = Form(None, gt=0, description=_FORM_DOC["max_segment_s"]),
-    max_segment_chars: int | None = Form(None, ge=10, description=_FORM_DOC["max_segment_chars"]),
 ) -> Response:
-    return await _transcribe(
-        request, "translate", file, model, language, prompt, response_format, temperature,
-        timestamp_granularities, stream, max_segment_s, max_segment_chars,
-    )  # fmt: skip
+    return await _transcribe(request, "translate", form, language)
+
+
+def _granularities(form: AudioForm) -> set[str]:
+    """`timestamp_granularities[]` and `timestamp_granularities` (plain, or comma-separated)."""
+    values = [
+        value.strip()
+        for field in (form.granularities or [], form.granularities_plain or [])
+        for item in field
+        for value in item.split(",")
+        if value.strip()
+    ]
+    for value in values:
+        if value not in GRANULARITIES:
+            raise ApiError(
+                400,
+                "invalid_value",
+                f"timestamp_granularities: {value!r} is not one of `segment`, `word`",
+                param="timestamp_granularities",
+            )
+    return set(values) or {"segment"}
+
+
+async def _refuse_what_asrd_lacks(request: Request, form: AudioForm) -> None:
+    """OpenAI parameters asrd can't honour are refused, with the reason, never ignored."""
+    for value in [*(form.include or []), *(form.include_plain or [])]:
+        if value.strip() == "logprobs":
+            raise ApiError(
+                400,
+                "unsupported_value",
+                "include[]=logprobs is not supported: asrd computes no per-token "
+                "log-probabilities (each verbose_json segment has its `avg_logprob`)",
+                param="include",
+            )
+        raise ApiError(
+            400, "invalid_value", f"include: {value!r} is not supported", param="include"
+        )
+    if form.response_format == "diarized_json":
+        raise ApiError(
+            400,
+            "unsupported_value",
+            "response_format `diarized_json` is not supported: asrd has no speaker diarization "
+            "(use json, text, srt, vtt or verbose_json for the transcript without speakers)",
+            param="response_format",
+        )
+    fields = await request.form()  # already parsed for the route: no second read
+    for key in fields:
+        if key.startswith(("known_speaker_names", "known_speaker_references")):
+            raise ApiError(
+                400,
+                "unsupported_value",
+                f"{key.removesuffix('[]')} is not supported: asrd has no speaker diarization",
+                param=key.removesuffix("[]"),
+            )
+    strategy = form.chunking_strategy
+    nested = fields.get("chunking_strategy[type]")
+    if strategy is not None and strategy.strip().startswith("{"):
+        with contextlib.suppress(ValueError):
+            parsed = json.loads(strategy)
+            nested = parsed.get("type") if isinstance(parsed, dict) else "?"
+            strategy = None
+    if (strategy is not None and strategy.strip() != "auto") or nested not in (None, "server_vad"):
+        raise ApiError(
+            400,
+            "invalid_value",
+            "chunking_strategy must be `auto` or an object with type `server_vad` (asrd "
+            "accepts it and always cuts audio at pauses found by voice activity detection)",
+            param="chunking_strategy",
+        )
 
 
 async def _transcribe(
     request: Request,
     task: Literal["transcribe", "translate"],
-    file: UploadFile,
-    model: str | None,
+    form: AudioForm,
     language: str | None,
-    prompt: str | None,
-    response_format: str,
-    temperature: float,
-    granularities: list[str],
-    stream: bool,
-    max_segment_s: float | None,
-    max_segment_chars: int | None,
 ) -> Response:
-    _check_model(request, model)
+    _check_model(request, form.model)
+    granularities = _granularities(form)
+    await _refuse_what_asrd_lacks(request, form)
+    response_format, stream = form.response_format, form.stream
     with_words = "word" in granularities
     if with_words and response_format != "verbose_json":
         raise ApiError(
@@ -203,20 +328,24 @@ async def _transcribe(
     engine = ready_engine(request)
     check_task(engine, task)
     settings = engine.settings
-    max_s = max_segment_s or settings.segment_max_s
-    max_chars = max_segment_chars or settings.segment_max_chars
+    max_s = form.max_segment_s or settings.segment_max_s
+    max_chars = form.max_segment_chars or settings.segment_max_chars
     options = TranscribeOptions(
         language=parse_language(engine, language),
         task=task,
         word_timestamps=with_words or bool(max_s or max_chars),
-        prompt=prompt,
-        temperature=temperature,
+        prompt=form.prompt,
+        temperature=form.temperature,
         batch_size=settings.stream_batch_size if stream else None,
     )
-    data = await read_upload(file, settings, param="file")
+    data = await read_upload(form.file, settings, param="file")
     audio = await decode(engine, data, param="file")
     del data
     headers = warning_headers(audio)
+    if form.model and "diarize" in form.model.lower():
+        # OpenAI's diarization model asked for a format without speakers: the transcript is
+        # the same, and this header says that no speakers were looked for.
+        headers[DIARIZATION_HEADER] = "unsupported"
     if stream:
         # Starlette closes the event generator when the client goes away, stopping the job.
         events = _events(engine, audio.samples, options, max_s, max_chars)
