@@ -33,8 +33,9 @@ SHORT_CLIPS = [
 
 
 def submit(http: httpx.Client, clip_bytes: bytes, name: str = "a.wav", **form: str) -> dict:
+    """Through the seed's route, which answers 200 (asrd's own, POST /api/v1/tasks, 202)."""
     response = http.post("/api/v1/transcribe", files={"file": (name, clip_bytes)}, data=form)
-    assert response.status_code == 202, response.text
+    assert response.status_code == 200, response.text
     return response.json()
 
 
@@ -70,7 +71,8 @@ def tasks_http(server: AsrdServer) -> Iterator[httpx.Client]:
 def test_submit_poll_and_download(tasks_http: httpx.Client) -> None:
     created = submit(tasks_http, JFK.read(), name="Речь JFK.flac")
     assert created["status"] == "pending" and created["position_in_queue"] >= 1
-    assert len(created["task_id"]) == 32
+    assert len(created["task_id"]) == 32 and created["task_type"] == "transcribe"
+    assert created["transcript"] is None and created["result"] is None
     done = wait_done(tasks_http, created["task_id"])
     assert done["status"] == "finished" and done["error"] is None
     assert done["position_in_queue"] is None and done["file_name"] == "Речь JFK.flac"
@@ -80,9 +82,14 @@ def test_submit_poll_and_download(tasks_http: httpx.Client) -> None:
     assert all(s["start"] <= s["end"] for s in result["segments"])
     assert done["time_uploaded"] <= done["time_started"] <= done["time_finished"]
     assert done["processing_duration"] > 0 and done["expires_at"]
+    # The seed's fields, beside asrd's.
+    assert done["transcript"] == result["text"] and done["source_language"] == "en"
+    assert done["time_processing_finished"] == done["time_finished"]
+    assert done["target_model_size"] == done["used_model_size"] == "tiny.en"
+    assert done["used_device"] == "cpu"
     # The seed's polling form gives the same task.
     seed_form = tasks_http.get("/api/v1/status", params={"task_id": created["task_id"]}).json()
-    assert seed_form["result"] == result
+    assert seed_form["result"] == result and seed_form["transcript"] == done["transcript"]
 
     params = {"task_id": created["task_id"]}
     srt_response = tasks_http.get("/api/v1/srt", params=params)
@@ -94,6 +101,12 @@ def test_submit_poll_and_download(tasks_http: httpx.Client) -> None:
     vtt = webvtt.from_buffer(io.StringIO(tasks_http.get("/api/v1/vtt", params=params).text))
     assert len(vtt.captions) == len(cues)
     assert wer(JFK.transcript, tasks_http.get("/api/v1/txt", params=params).text) <= 0.15
+    # asrd's resource form of the downloads serves the same files.
+    for kind in ("srt", "vtt", "txt"):
+        rest = tasks_http.get(f"/api/v1/tasks/{created['task_id']}/{kind}")
+        seed = tasks_http.get(f"/api/v1/{kind}", params=params)
+        assert rest.status_code == 200 and rest.text == seed.text
+        assert rest.headers["content-disposition"] == seed.headers["content-disposition"]
 
 
 def submit_raw_name(http: httpx.Client, file_name: bytes, data: bytes) -> httpx.Response:
@@ -138,7 +151,7 @@ def test_hostile_file_names_download_with_a_valid_header(tasks_http: httpx.Clien
     ids = {}
     for label, (name, _) in submitted.items():
         response = submit_raw_name(tasks_http, name, clip.read())
-        assert response.status_code == 202, (label, response.text)
+        assert response.status_code == 200, (label, response.text)
         ids[label] = response.json()["task_id"]
     # httpx percent-encodes CR, LF and quotes (as browsers do): kept as sent, harmless.
     ids["httpx"] = submit(tasks_http, clip.read(), name='a\x01b\r\nc"d.wav')["task_id"]
@@ -160,16 +173,24 @@ def test_hostile_file_names_download_with_a_valid_header(tasks_http: httpx.Clien
 
 
 def test_translate_on_multilingual_model(base_server: AsrdServer) -> None:
+    """Through asrd's own route, POST /api/v1/tasks (202, Location), with `task=translate`."""
     french = CLIPS["fr_picovoice_test_fr.wav"]
     with httpx.Client(base_url=base_server.url, timeout=60) as http:
         response = http.post(
-            "/api/v1/translate", files={"file": ("fr.wav", french.read())}, data={"language": "fr"}
+            "/api/v1/tasks",
+            files={"file": ("fr.wav", french.read())},
+            data={"language": "fr", "task": "translate"},
         )
-        assert response.status_code == 202
-        done = wait_done(http, response.json()["task_id"])
+        assert response.status_code == 202, response.text
+        created = response.json()
+        assert response.headers["location"] == f"/api/v1/tasks/{created['task_id']}"
+        assert created["task_type"] == "translate" and created["status"] == "pending"
+        done = wait_done(http, created["task_id"])
     assert done["task_type"] == "translate" and done["status"] == "finished"
     words = set(done["result"]["text"].lower().replace(",", " ").replace(".", " ").split())
     assert words & {"the", "of", "and", "in", "is", "was", "a", "it"}, done["result"]["text"]
+    assert done["transcript"] == done["result"]["text"] and done["source_language"] == "fr"
+    assert done["used_model_size"] == "base"
 
 
 # --- refused up front -----------------------------------------------------------------------
@@ -189,6 +210,14 @@ def test_bad_submissions_are_refused_at_once(tasks_http: httpx.Client) -> None:
         "/api/v1/transcribe?language=de", files={"file": ("x.flac", JFK.read())}
     )
     assert english_only.status_code == 400 and "English-only" in english_only.text
+    for route, form in [("/api/v1/translate", {}), ("/api/v1/tasks", {"task": "translate"})]:
+        refused = tasks_http.post(route, files={"file": ("x.flac", JFK.read())}, data=form)
+        assert refused.status_code == 400, refused.text
+        assert refused.json()["error"]["code"] == "unsupported_task"
+    bad_task = tasks_http.post(
+        "/api/v1/tasks", files={"file": ("x.flac", JFK.read())}, data={"task": "summarise"}
+    )
+    assert bad_task.status_code == 422
     no_file = tasks_http.post("/api/v1/transcribe", data={"language": "en"})
     assert no_file.status_code == 422
     refused_callback = post(JFK.read(), callback_url="ftp://example.com/hook")
@@ -196,12 +225,19 @@ def test_bad_submissions_are_refused_at_once(tasks_http: httpx.Client) -> None:
     assert refused_callback.json()["error"]["code"] == "invalid_callback_url"
 
 
-def test_unknown_ids_are_404(tasks_http: httpx.Client) -> None:
-    for path in ("/api/v1/tasks/0123", "/api/v1/status?task_id=nope", "/api/v1/srt?task_id=x"):
+def test_unknown_ids_are_404_on_asrd_routes_and_400_on_the_seeds(
+    tasks_http: httpx.Client,
+) -> None:
+    for path in ("/api/v1/tasks/0123", "/api/v1/tasks/0123/srt", "/api/v1/tasks/0123/txt"):
         response = tasks_http.get(path)
         assert response.status_code == 404
         assert response.json()["error"]["code"] == "task_not_found"
     assert tasks_http.delete("/api/v1/tasks/abc").status_code == 404
+    for seed_path in ("status", "srt", "vtt", "txt"):
+        response = tasks_http.get(f"/api/v1/{seed_path}", params={"task_id": "nope"})
+        assert response.status_code == 400, seed_path
+        assert response.json()["error"]["code"] == "task_not_found"
+    assert tasks_http.get("/api/v1/tasks/0123/pdf").status_code == 422
 
 
 # --- queue behaviour: FIFO, failures, cancellation, full queue -----------------------------------
@@ -275,13 +311,19 @@ def test_cancel_pending_and_running_tasks_and_drop_results(
 
     dropped = small_queue.delete(f"/api/v1/tasks/{after}")
     assert dropped.json() == {"task_id": after, "status": "deleted"}
-    assert small_queue.get("/api/v1/srt", params={"task_id": after}).status_code == 404
+    assert small_queue.get(f"/api/v1/tasks/{after}/srt").status_code == 404
+    assert small_queue.get("/api/v1/srt", params={"task_id": after}).status_code == 400  # seed's
 
 
-def test_download_before_finish_is_409(small_queue: httpx.Client, long_audio: bytes) -> None:
+def test_download_before_finish_is_409_or_the_seeds_400(
+    small_queue: httpx.Client, long_audio: bytes
+) -> None:
     task_id = submit(small_queue, long_audio)["task_id"]
-    response = small_queue.get("/api/v1/srt", params={"task_id": task_id})
-    assert response.status_code == 409 and response.json()["error"]["code"] == "task_not_finished"
+    for kind in ("srt", "vtt", "txt"):
+        rest = small_queue.get(f"/api/v1/tasks/{task_id}/{kind}")
+        assert rest.status_code == 409 and rest.json()["error"]["code"] == "task_not_finished"
+        seed = small_queue.get(f"/api/v1/{kind}", params={"task_id": task_id})
+        assert seed.status_code == 400 and seed.json()["error"]["code"] == "task_not_finished"
     small_queue.delete(f"/api/v1/tasks/{task_id}")
 
 
