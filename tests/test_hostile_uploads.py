@@ -17,7 +17,7 @@ import httpx
 import numpy as np
 import pytest
 
-from conftest import CLIPS, SERVER_ENV, AsrdServer, assert_error, decode_pcm, wer
+from conftest import CLIPS, SERVER_ENV, AsrdServer, assert_error, decode_pcm, metric, wer
 from hostile_audio import (
     SBAGEN,
     concat_playlist,
@@ -233,6 +233,11 @@ def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> No
     # Long audio is decoded and searched for speech in its own lane: the clip doesn't wait.
     assert short.status_code == 200 and wer(WEATHER.transcript, short.json()["text"]) < 0.3
     assert short_s < 8, f"the short clip waited {short_s:.1f} s behind the bombs"
+    used = 'asrd_memory_budget_used_bytes{budget="decoded_audio"}'
+    deadline = time.monotonic() + 10  # every bomb's samples freed: the budget is empty again
+    while metric(httpx.get(f"{small_budget.url}/metrics").text, used) > 0:
+        assert time.monotonic() < deadline, "decoded audio still held after the requests"
+        time.sleep(0.2)
     growth = peak_rss_mb(pid) - baseline
     assert growth < BUDGET_MB + 150, f"peak RSS {growth:.0f} MB over the idle server's"
     assert max(hc_times) < 1.0, f"/hc took up to {max(hc_times):.2f} s"

@@ -1,9 +1,11 @@
-"""The server-wide memory budget for decoded audio (MAX_DECODED_AUDIO_MB).
+"""Server-wide memory budgets: decoded audio (MAX_DECODED_AUDIO_MB) and request bodies
+(MAX_UPLOADS_IN_MEMORY_MB).
 
 Per-request limits don't bound the whole server: a 44 KB file can hold hours of silence, and
 a few of them at once would take gigabytes. Every decoding reserves its samples' bytes here
 before holding them, and gives them back when the samples are freed (a finalizer on the
 array: however the request ends, and whoever held the audio last, the scheduler included).
+Request bodies are reserved as they arrive and given back when the request ends.
 """
 
 from __future__ import annotations
@@ -58,8 +60,9 @@ class MemoryBudget:
 
 
 class Reservation:
-    """One decoding's share of the budget: it grows as the audio is decoded, is trimmed to the
-    samples' exact size, and is given back when they are freed (or at once by `release`)."""
+    """One holder's share of a budget: it grows as the audio is decoded (or a body arrives),
+    is trimmed to the samples' exact size, and is given back when they are freed (or at once
+    by `release`)."""
 
     def __init__(self, budget: MemoryBudget):
         self.budget, self.nbytes = budget, 0

@@ -57,6 +57,15 @@ class Metrics:
             "Transcriptions the model is working on or will take next (all routes)", registry=r,
         )  # fmt: skip
 
+        self.memory = Gauge(
+            "asrd_memory_budget_used_bytes",
+            "Bytes held against a server-wide memory budget (decoded audio, request bodies)",
+            ["budget"], registry=r,
+        )  # fmt: skip
+
+    def watch_budget(self, name: str, used: Callable[[], float]) -> None:
+        self.memory.labels(name).set_function(used)
+
     def observe_transcription(self, audio_s: float, elapsed_s: float) -> None:
         self.audio_seconds.inc(audio_s)
         if elapsed_s > 0:

@@ -144,6 +144,9 @@ class Window:
         return sorted(found, key=lambda s: s.start)
 
 
+NO_AUDIO = np.zeros(0, dtype=np.int16)
+
+
 @dataclass(eq=False)
 class Job:
     samples: np.ndarray
@@ -163,6 +166,12 @@ class Job:
     def cancel(self) -> None:
         """Stop at the next batch; the future is cancelled."""
         self.cancelled = True
+
+    def release_audio(self) -> None:
+        """The scheduler is done with this job: let go of its audio now. (Windows and jobs
+        refer to each other, so without this the samples would wait for the cyclic garbage
+        collector, and the decoded-audio budget with them.)"""
+        self.samples = NO_AUDIO
 
     def window_at(self, start: float, end: float, speech: list[tuple[float, float]]) -> Window:
         return Window(self, start, end, speech)
@@ -318,12 +327,14 @@ class Scheduler:
 
     def _admit(self, job: Job) -> None:
         if job.cancelled:
+            job.release_audio()
             job.future.cancel()
             return
         try:
             self._prepare(job)
         except Exception as exc:  # the job's fault or the model's: fail it, not the thread
             log.exception("a transcription job failed to start")
+            job.release_audio()
             if not job.future.done():
                 job.future.set_exception(exc)
             return
@@ -491,6 +502,7 @@ class Scheduler:
         if job.cancelled or job.future.done():  # cancelled, or failed in an earlier batch
             job.cancelled = True
             job.pending.clear()
+            job.release_audio()
             job.future.cancel()
         return job.cancelled
 
@@ -803,6 +815,7 @@ class Scheduler:
     def _finish(self, job: Job) -> None:
         if job in self._jobs:
             self._jobs.remove(job)
+        job.release_audio()
         if not job.future.done():
             job.future.set_result(
                 JobResult(job.results, job.language or "en", job.language_probability)
