@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -13,10 +17,16 @@ import pytest
 import srt
 import webvtt
 
+from asrd.api.openai import AudioForm, _prompt
+from asrd.errors import ApiError
+from asrd.models import ModelNames
+
 from conftest import CLIPS, SAMPLE_RATE, SERVER_ENV, AsrdServer, encode, long_english_audio, wer
 
 JFK = CLIPS["en_jfk_inaugural_1961.flac"]
 LS = CLIPS["en_ls_1221-135766-0001.wav"]  # 16.7 s, several sentences
+SHORT = CLIPS["en_cmuarctic_a0024.wav"]  # 4 s
+TIMIT = CLIPS["en_timit_LDC93S1.wav"]  # 3 s: "... in greasy wash water all year"
 FR = CLIPS["fr_picovoice_test_fr.wav"]
 DE = CLIPS["de_picovoice_test_de.wav"]
 
@@ -44,22 +54,68 @@ def upload(clip) -> tuple[str, bytes]:
 # --- models ---------------------------------------------------------------------------------
 
 
+ALIASES = [
+    "whisper-1",
+    "gpt-4o-transcribe",
+    "gpt-4o-mini-transcribe",
+    "gpt-4o-transcribe-diarize",
+    "whisper-large-v3",
+    "whisper-large-v3-turbo",
+]
+SPELLINGS = [
+    "tiny.en",
+    "TINY.EN",
+    "Systran/faster-whisper-tiny.en",
+    "openai/whisper-tiny.en",
+    "OpenAI/Whisper-Tiny.en",
+    "whisper-tiny.en",
+]
+
+
 def test_models_list_and_retrieve(oai: openai.OpenAI) -> None:
-    ids = [model.id for model in oai.models.list()]
-    assert ids == ["tiny.en", "whisper-1"]
+    models = list(oai.models.list())
+    assert [model.id for model in models] == ["tiny.en", *ALIASES]
+    for model in models:
+        extra = model.model_dump()
+        assert extra["multilingual"] is False and extra["tasks"] == ["transcribe"]
+        assert extra["alias_of"] == (None if model.id == "tiny.en" else "tiny.en")
     assert oai.models.retrieve("whisper-1").id == "whisper-1"
     assert oai.models.retrieve("tiny.en").object == "model"
+    # A name with a slash is a path below /v1/models/ for the SDK.
+    spelled = oai.models.retrieve("openai/whisper-tiny.en")
+    assert spelled.id == "openai/whisper-tiny.en" and spelled.model_dump()["alias_of"] == "tiny.en"
     with pytest.raises(openai.NotFoundError) as excinfo:
-        oai.models.retrieve("gpt-4o-transcribe")
+        oai.models.retrieve("base")
     assert excinfo.value.code == "model_not_found"
 
 
-def test_unknown_model_is_404_in_openai_shape(oai: openai.OpenAI) -> None:
+def test_multilingual_model_lists_translation(oai_base: openai.OpenAI) -> None:
+    models = [model.model_dump() for model in oai_base.models.list()]
+    assert [model["id"] for model in models] == ["base", *ALIASES]
+    assert all(m["multilingual"] and m["tasks"] == ["transcribe", "translate"] for m in models)
+
+
+@pytest.mark.parametrize("name", ALIASES + SPELLINGS)
+def test_every_model_name_transcribes(oai: openai.OpenAI, name: str) -> None:
+    raw = oai.audio.transcriptions.with_raw_response.create(model=name, file=upload(SHORT))
+    result = raw.parse()
+    assert wer(SHORT.transcript, result.text) <= 0.15, result.text
+    # asrd has no speaker diarization: the diarization model's name is served as a plain
+    # transcription (what OpenAI returns for it with `json`), and the header says so.
+    diarize = "diarize" in name
+    assert raw.headers.get("X-Diarization") == ("unsupported" if diarize else None)
+
+
+@pytest.mark.parametrize("name", ["whisper-9", "base", "tiny", "gpt-4o", "large-v3"])
+def test_unknown_model_is_404_naming_what_is_served(oai: openai.OpenAI, name: str) -> None:
     with pytest.raises(openai.NotFoundError) as excinfo:
-        oai.audio.transcriptions.create(model="whisper-9", file=upload(JFK))
+        oai.audio.transcriptions.create(model=name, file=upload(SHORT))
     body = excinfo.value.body
     assert set(body) == {"message", "type", "param", "code"}
     assert body["type"] == "invalid_request_error" and body["param"] == "model"
+    assert body["code"] == "model_not_found"
+    assert f"`{name}`" in body["message"] and "`tiny.en`" in body["message"]
+    assert all(f"`{alias}`" in body["message"] for alias in ALIASES)
 
 
 # --- response formats -----------------------------------------------------------------------
@@ -331,6 +387,234 @@ def test_silence_gives_empty_text(oai: openai.OpenAI) -> None:
     assert result.text == "" and result.segments == []
 
 
+# --- OpenAI's other parameters: honoured, accepted, or refused with the reason -----------------
+
+
+def transcriptions_url(server: AsrdServer) -> str:
+    return f"{server.url}/v1/audio/transcriptions"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+def test_logprobs_are_refused_never_ignored(oai: openai.OpenAI, stream: bool) -> None:
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        oai.audio.transcriptions.create(
+            model="gpt-4o-transcribe", file=upload(SHORT), include=["logprobs"], stream=stream
+        )
+    body = excinfo.value.body
+    assert body["param"] == "include" and body["code"] == "unsupported_value"
+    assert "log-probabilities" in body["message"]
+
+
+def test_include_without_brackets_and_unknown_values(server: AsrdServer) -> None:
+    for data in ({"include": "logprobs"}, {"include[]": "segments"}, {"include": "x"}):
+        response = httpx.post(
+            transcriptions_url(server), data=data, files={"file": upload(SHORT)}, timeout=60
+        )
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == "include"
+
+
+def test_speaker_diarization_is_refused_when_asked_for(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        oai.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=upload(SHORT), response_format="diarized_json"
+        )
+    assert excinfo.value.body["param"] == "response_format"
+    assert "diarization" in excinfo.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        oai.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize",
+            file=upload(SHORT),
+            known_speaker_names=["agent"],
+            known_speaker_references=["data:audio/wav;base64,UklGRg=="],
+        )
+    assert excinfo.value.body["param"].startswith("known_speaker_")
+
+
+def test_chunking_strategy_is_accepted(oai: openai.OpenAI, server: AsrdServer) -> None:
+    vad = {"type": "server_vad", "threshold": 0.5, "silence_duration_ms": 500}
+    for strategy in ("auto", vad):  # the SDK sends an object as chunking_strategy[type]=...
+        result = oai.audio.transcriptions.create(
+            model="gpt-4o-transcribe-diarize", file=upload(SHORT), chunking_strategy=strategy
+        )
+        assert wer(SHORT.transcript, result.text) <= 0.15
+    url = transcriptions_url(server)
+    for value, status in (('{"type": "server_vad"}', 200), ("bogus", 400), ('{"type": "x"}', 400)):
+        response = httpx.post(
+            url, data={"chunking_strategy": value}, files={"file": upload(SHORT)}, timeout=60
+        )
+        assert response.status_code == status, (value, response.text)
+    nested = httpx.post(
+        url, data={"chunking_strategy[type]": "other"}, files={"file": upload(SHORT)}, timeout=60
+    )
+    assert nested.status_code == 400 and nested.json()["error"]["param"] == "chunking_strategy"
+
+
+@pytest.mark.parametrize(
+    "value,segments,words",
+    [("word", False, True), ("word,segment", True, True), (["word", "segment"], True, True)],
+    ids=["word", "comma-separated", "repeated"],
+)
+def test_timestamp_granularities_without_brackets(
+    server: AsrdServer, value: str | list[str], segments: bool, words: bool
+) -> None:
+    data = {"timestamp_granularities": value, "response_format": "verbose_json"}
+    response = httpx.post(
+        transcriptions_url(server), data=data, files={"file": upload(JFK)}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert (body["segments"] is not None) is segments
+    assert bool(body.get("words")) is words
+    bad = httpx.post(
+        transcriptions_url(server),
+        data={"timestamp_granularities": "sentence"},
+        files={"file": upload(SHORT)},
+        timeout=60,
+    )
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "timestamp_granularities"
+
+
+def test_keywords_guide_the_transcription(oai: openai.OpenAI) -> None:
+    # tiny.en hears "greasy wash for"; told the phrase, it writes it.
+    result = oai.audio.transcriptions.create(
+        model="gpt-4o-transcribe", file=upload(TIMIT), keywords=["greasy wash-water"]
+    )
+    assert "wash-water" in result.text, result.text
+    assert wer(TIMIT.transcript, result.text) <= 0.3
+
+
+def test_languages(oai: openai.OpenAI, oai_base: openai.OpenAI) -> None:
+    result = oai.audio.transcriptions.create(
+        model="whisper-1", file=upload(SHORT), languages=["en"]
+    )
+    assert wer(SHORT.transcript, result.text) <= 0.15
+    with pytest.raises(openai.BadRequestError, match="English-only"):
+        oai.audio.transcriptions.create(
+            model="whisper-1", file=upload(SHORT), languages=["en", "fr"]
+        )
+    for languages in (["fr"], ["de", "fr"]):  # one is the language; several: detected
+        result = oai_base.audio.transcriptions.create(
+            model="whisper-1", file=upload(FR), languages=languages, response_format="verbose_json"
+        )
+        assert result.language == "french" and wer(FR.transcript, result.text) <= 0.4
+
+
+def test_trailing_slashes_are_served(server: AsrdServer) -> None:
+    with httpx.Client(base_url=server.url, timeout=60) as http:
+        response = http.post("/v1/audio/transcriptions/", files={"file": upload(SHORT)})
+        assert response.status_code == 200, response.text
+        assert wer(SHORT.transcript, response.json()["text"]) <= 0.15
+        translation = http.post("/v1/audio/translations/", files={"file": upload(SHORT)})
+        assert translation.json()["error"]["code"] == "unsupported_task"  # not an empty 307
+        assert http.get("/v1/models/").json()["data"][0]["id"] == "tiny.en"
+        assert http.get("/v1/models/whisper-1/").json()["id"] == "whisper-1"
+    with openai.OpenAI(base_url=f"{server.url}/v1/", api_key="unused", max_retries=0) as client:
+        text = client.audio.transcriptions.create(model="whisper-1", file=upload(SHORT)).text
+        assert wer(SHORT.transcript, text) <= 0.15
+
+
+# --- the official npm `openai` package under Node -----------------------------------------------
+
+NODE = shutil.which("node")
+NODE_DIR = Path(__file__).parent / "node"
+
+
+def node_dependencies() -> None:
+    """tests/node's `openai` package, as .ci/run installs it (`npm ci`) if not there yet."""
+    if (NODE_DIR / "node_modules" / "openai" / "package.json").is_file():
+        return
+    npm = shutil.which("npm")
+    assert npm, "npm is needed to install tests/node's dependencies: cd tests/node && npm ci"
+    subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, check=True, timeout=300)
+
+
+@pytest.mark.skipif(NODE is None, reason="node not installed")
+def test_official_node_sdk(server: AsrdServer) -> None:
+    node_dependencies()
+    names = ALIASES + SPELLINGS
+    done = subprocess.run(
+        [NODE, "openai_client.mjs", f"{server.url}/v1", str(SHORT.path), *names],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=280,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    listed = result["models"]["list"]
+    assert [model["id"] for model in listed] == ["tiny.en", *ALIASES]
+    assert all(model["tasks"] == ["transcribe"] and not model["multilingual"] for model in listed)
+    assert result["models"]["retrieved"]["alias_of"] == "tiny.en"
+    assert set(result["byName"]) == set(names)
+    for name, answer in result["byName"].items():
+        assert wer(SHORT.transcript, answer["text"]) <= 0.15, (name, answer)
+        assert answer["diarization"] == ("unsupported" if "diarize" in name else None)
+    verbose = result["verbose"]
+    assert verbose["language"] == "english" and verbose["segments"] and verbose["words"]
+    assert verbose["duration"] == pytest.approx(SHORT.duration, abs=0.05)
+    assert wer(SHORT.transcript, " ".join(word["word"] for word in verbose["words"])) <= 0.15
+    assert wer(SHORT.transcript, " ".join(cue.content for cue in srt.parse(result["srt"]))) <= 0.15
+    assert wer(SHORT.transcript, result["chunking"]["text"]) <= 0.15
+    *deltas, done_event = result["stream"]
+    assert deltas and set(deltas) == {"transcript.text.delta"}
+    assert done_event["type"] == "transcript.text.done"
+    assert wer(SHORT.transcript, done_event["text"]) <= 0.15
+    refused = result["refused"]
+    assert refused["unknownModel"] | {"message": ""} == {
+        "refused": True, "class": "NotFoundError", "status": 404, "code": "model_not_found",
+        "param": "model", "type": "invalid_request_error", "message": "",
+    }  # fmt: skip
+    assert "`tiny.en`" in refused["unknownModel"]["message"]
+    assert (refused["logprobs"]["status"], refused["logprobs"]["param"]) == (400, "include")
+    diarized = refused["diarizedJson"]
+    assert (diarized["class"], diarized["param"]) == ("BadRequestError", "response_format")
+    assert refused["translationOnEnglishOnly"]["code"] == "unsupported_task"
+
+
+# --- name resolution and form parsing, without a server ------------------------------------------
+
+
+def test_model_names_and_aliases(tmp_path: Path) -> None:
+    names = ModelNames("tiny.en", "tiny.en", dict.fromkeys(ALIASES, ""))
+    assert names.served_aliases() == ALIASES
+    for spelling in [*SPELLINGS, " tiny.en ", "tiny.en/"]:
+        assert names.match(spelling) == "model", spelling
+    for alias in [*ALIASES, "WHISPER-1", "GPT-4o-Transcribe"]:
+        assert names.match(alias) == "alias", alias
+    for other in ("tiny", "base.en", "openai/whisper-tiny", "large-v3", "whisper-2", ""):
+        assert names.match(other) is None, other
+    # Targets: "" is the served model; so is MODEL_ID when a smaller model stands in for it
+    # (DEVELOP_MODE, CPU_FALLBACK_MODEL); another model is not served.
+    names = ModelNames(
+        "tiny.en", "large-v3", {"whisper-1": "", "x": "openai/whisper-large-v3", "y": "base"}
+    )
+    assert names.served_aliases() == ["whisper-1", "x"]
+    assert names.match("x") == "alias" and names.match("large-v3") is None
+    assert names.match("y") is None and "alias (MODEL_ALIASES) of `base`" in names.not_served("y")
+    # A local directory is known by its name, never shown by its path.
+    local = tmp_path / "my-ct2-whisper"
+    local.mkdir()
+    names = ModelNames(str(local), str(local), {"whisper-1": ""})
+    assert names.public_id == "my-ct2-whisper" and str(tmp_path) not in names.not_served("z")
+    assert names.match("My-CT2-Whisper") == "model" and names.match(str(local)) == "model"
+
+
+def form(**fields) -> AudioForm:
+    return AudioForm(file=None, **fields)  # type: ignore[arg-type]
+
+
+def test_prompt_takes_keywords() -> None:
+    assert _prompt(form()) is None
+    assert _prompt(form(prompt="Inaugural address.")) == "Inaugural address."
+    assert _prompt(form(prompt="Hi.", keywords=["NLP"], keywords_plain=[" ASR ", ""])) == (
+        "Hi. NLP, ASR"
+    )
+    with pytest.raises(ApiError) as excinfo:
+        _prompt(form(prompt="x" * 3990, keywords=["y" * 20]))
+    assert excinfo.value.param == "keywords"
+
+
 # --- server-wide defaults: thresholds and subtitle caps ---------------------------------------
 
 
@@ -338,7 +622,14 @@ def test_silence_gives_empty_text(oai: openai.OpenAI) -> None:
 def tuned(tmp_path_factory: pytest.TempPathFactory) -> Iterator[openai.OpenAI]:
     # An impossible compression threshold makes every window "fail" its check, so every one
     # must be decoded again at a higher temperature. SEGMENT_MAX_CHARS caps every segment.
-    env = {**SERVER_ENV, "COMPRESSION_RATIO_THRESHOLD": "0.01", "SEGMENT_MAX_CHARS": "30"}
+    # MODEL_ALIASES replaces the defaults: a bare alias, one spelled as a Hugging Face id,
+    # and one naming a model this server does not serve.
+    env = {
+        **SERVER_ENV,
+        "COMPRESSION_RATIO_THRESHOLD": "0.01",
+        "SEGMENT_MAX_CHARS": "30",
+        "MODEL_ALIASES": "whisper-1, My-ASR=openai/whisper-tiny.en, whisper-large-v3=large-v3",
+    }
     server = AsrdServer(env, tmp_path_factory.mktemp("tuned") / "asrd.log")
     try:
         server.wait_ready()
@@ -379,3 +670,17 @@ def test_oversize_upload_is_413_in_openai_shape(server: AsrdServer) -> None:
     assert response.status_code == 413
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error" and "MAX_UPLOAD_MB" in error["message"]
+
+
+def test_model_aliases_from_the_environment(tuned: openai.OpenAI) -> None:
+    assert [model.id for model in tuned.models.list()] == ["tiny.en", "whisper-1", "my-asr"]
+    result = tuned.audio.transcriptions.create(model="MY-ASR", file=upload(SHORT))
+    assert wer(SHORT.transcript, result.text) <= 0.3
+    for name, why in (
+        ("whisper-large-v3", "alias (MODEL_ALIASES) of `large-v3`"),
+        ("gpt-4o-transcribe", "does not exist"),  # the defaults were replaced
+    ):
+        with pytest.raises(openai.NotFoundError) as excinfo:
+            tuned.audio.transcriptions.create(model=name, file=upload(SHORT))
+        message = excinfo.value.body["message"]
+        assert why in message and "`whisper-1`, `my-asr`" in message, message

@@ -61,6 +61,7 @@ ResponseFormat = Literal["json", "text", "srt", "vtt", "verbose_json", "diarized
 GRANULARITIES = ("segment", "word")
 STARTED = int(time.time())
 DIARIZATION_HEADER = "X-Diarization"
+MAX_PROMPT_CHARS = 4000
 
 
 class ModelObject(BaseModel):
@@ -161,6 +162,12 @@ _FORM_DOC = {
     "include": "OpenAI's `logprobs` is refused with a 400: asrd computes no per-token "
     "log-probabilities (`verbose_json` segments have `avg_logprob`)",
     "include_plain": "The same as `include[]`",
+    "keywords": "Words or phrases to guide the transcription (OpenAI's, for `gpt-transcribe`): "
+    "appended to the prompt, which biases Whisper towards them",
+    "keywords_plain": "The same as `keywords[]`",
+    "languages": "Possible languages of the speech (ISO 639-1): one is used as `language`; with "
+    "several, each is checked and the language is detected as without them",
+    "languages_plain": "The same as `languages[]`",
     "chunking_strategy": "Accepted for compatibility (`auto`, or a `server_vad` object, also as "
     "`chunking_strategy[type]=server_vad`), no effect: asrd always cuts long audio at the pauses "
     "its voice activity detection finds",
@@ -179,7 +186,9 @@ class AudioForm:
 
     file: Annotated[UploadFile, File(description="The audio file, in any format FFmpeg decodes")]
     model: Annotated[str | None, Form(description=_FORM_DOC["model"])] = None
-    prompt: Annotated[str | None, Form(description=_FORM_DOC["prompt"], max_length=4000)] = None
+    prompt: Annotated[
+        str | None, Form(description=_FORM_DOC["prompt"], max_length=MAX_PROMPT_CHARS)
+    ] = None
     response_format: Annotated[ResponseFormat, Form(description=_FORM_DOC["response_format"])] = (
         "json"
     )
@@ -197,6 +206,18 @@ class AudioForm:
     ] = None
     include_plain: Annotated[
         list[str] | None, Form(alias="include", description=_FORM_DOC["include_plain"])
+    ] = None
+    keywords: Annotated[
+        list[str] | None, Form(alias="keywords[]", description=_FORM_DOC["keywords"])
+    ] = None
+    keywords_plain: Annotated[
+        list[str] | None, Form(alias="keywords", description=_FORM_DOC["keywords_plain"])
+    ] = None
+    languages: Annotated[
+        list[str] | None, Form(alias="languages[]", description=_FORM_DOC["languages"])
+    ] = None
+    languages_plain: Annotated[
+        list[str] | None, Form(alias="languages", description=_FORM_DOC["languages_plain"])
     ] = None
     chunking_strategy: Annotated[str | None, Form(description=_FORM_DOC["chunking_strategy"])] = (
         None
@@ -307,6 +328,34 @@ async def _refuse_what_asrd_lacks(request: Request, form: AudioForm) -> None:
         )
 
 
+def _language(engine: Engine, language: str | None, form: AudioForm) -> str | None:
+    """`language`, or OpenAI's `languages[]`: one is the language; several are each checked
+    (a model can't take every one) and the language is detected."""
+    if language and language.strip():
+        return parse_language(engine, language)
+    candidates = [
+        code for code in (*(form.languages or ()), *(form.languages_plain or ())) if code.strip()
+    ]
+    codes = {parse_language(engine, code) for code in candidates}
+    return codes.pop() if len(codes) == 1 else None
+
+
+def _prompt(form: AudioForm) -> str | None:
+    """The prompt, with OpenAI's `keywords[]` after it: Whisper's prompt is how it is told
+    which words to expect (faster-whisper's `hotwords` work the same way)."""
+    keywords = [word.strip() for word in (*(form.keywords or ()), *(form.keywords_plain or ()))]
+    keywords = [word for word in keywords if word]
+    prompt = " ".join(part for part in (form.prompt or "", ", ".join(keywords)) if part)
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise ApiError(
+            400,
+            "invalid_value",
+            f"prompt and keywords together are limited to {MAX_PROMPT_CHARS} characters",
+            param="keywords" if keywords else "prompt",
+        )
+    return prompt or None
+
+
 async def _transcribe(
     request: Request,
     task: Literal["transcribe", "translate"],
@@ -331,10 +380,10 @@ async def _transcribe(
     max_s = form.max_segment_s or settings.segment_max_s
     max_chars = form.max_segment_chars or settings.segment_max_chars
     options = TranscribeOptions(
-        language=parse_language(engine, language),
+        language=_language(engine, language, form),
         task=task,
         word_timestamps=with_words or bool(max_s or max_chars),
-        prompt=form.prompt,
+        prompt=_prompt(form),
         temperature=form.temperature,
         batch_size=settings.stream_batch_size if stream else None,
     )
