@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import srt
 
 from conftest import CLIPS, SERVER_ENV, AsrdServer, normalise, wer
 
@@ -77,6 +78,12 @@ class Web:
         self.page.goto(f"{self.server.url}/")
         expect(self.page).to_have_title(re.compile("asrd"))
         return self.page
+
+    def open_ready(self) -> Page:
+        """The page, once it has offered only what the server's model can do."""
+        page = self.open()
+        expect(page.locator("#form")).to_have_attribute("data-capabilities", "applied")
+        return page
 
     def polls(self, since: float = 0.0, task_id: str = "") -> list[str]:
         """GETs of `/api/v1/tasks/...` (of one task if given) made after `since`."""
@@ -179,17 +186,17 @@ def test_page_and_assets_are_served(server: AsrdServer) -> None:
 
 def test_transcribes_a_file_on_a_phone(web: Callable[..., Web], server: AsrdServer) -> None:
     session = web(PHONE, permissions=["clipboard-read", "clipboard-write"])
-    page = session.open()
+    page = session.open_ready()
     expect(page.locator("#error")).to_be_hidden()
     expect(page.locator("#result")).to_be_hidden()
-    expect(page.locator("#language")).to_have_value("")  # detect automatically
+    expect(page.locator("#language")).to_have_value("en")  # tiny.en: English, nothing else
     expect(page.locator("#task")).to_have_value("transcribe")
 
     page.set_input_files("#file", JFK.path)
     expect(page.locator("#selected")).to_contain_text(JFK.name)
     with page.expect_response(re.compile(r"/api/v1/transcribe$")) as submitted:
         page.click("#submit")
-    assert submitted.value.status == 202, submitted.value.text()
+    assert submitted.value.status == 200, submitted.value.text()  # the seed's route, its code
     task_id = submitted.value.json()["task_id"]
     assert re.fullmatch(r"[0-9a-f]{32}", task_id)
     expect(page.locator("#status")).to_be_visible()
@@ -275,9 +282,59 @@ def test_too_large_upload_is_refused(web: Callable[..., Web], tmp_path: Path) ->
     assert session.polls() == []
 
 
-def test_english_only_model_rejects_another_language(web: Callable[..., Web]) -> None:
+def options(page: Page, select: str) -> list[str]:
+    """The values of a select's options a user can pick (not hidden, not disabled)."""
+    return page.eval_on_selector_all(
+        f"{select} option", "all => all.filter(o => !o.hidden && !o.disabled).map(o => o.value)"
+    )
+
+
+def test_english_only_model_offers_english_and_transcription_only(
+    web: Callable[..., Web],
+) -> None:
     session = web()
-    page = session.open()
+    page = session.open_ready()
+    assert options(page, "#language") == ["en"]
+    assert options(page, "#task") == ["transcribe"]
+    expect(page.locator("#model-note")).to_be_visible()
+    expect(page.locator("#model-note")).to_contain_text("tiny.en")
+    expect(page.locator("#model-note")).to_contain_text("English-only")
+    expect(page.locator("#submit")).to_have_text("Transcribe")
+    session.assert_clean()
+
+
+def test_multilingual_model_offers_languages_and_translation(
+    browser: Browser, base_server: AsrdServer
+) -> None:
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    try:
+        session = Web(context.new_page(), base_server)
+        page = session.open_ready()
+        languages = options(page, "#language")
+        assert languages[0] == "" and {"en", "fr", "de", "ja"} <= set(languages)
+        assert options(page, "#task") == ["transcribe", "translate"]
+        expect(page.locator("#model-note")).to_be_hidden()
+        page.select_option("#task", "translate")
+        expect(page.locator("#submit")).to_have_text("Translate")
+        session.assert_clean()
+    finally:
+        context.close()
+
+
+def test_another_language_is_refused_if_offered_anyway(web: Callable[..., Web]) -> None:
+    """A page that missed the model's status (here: told it is multilingual) still gets the
+    server's refusal, shown in words."""
+    session = web()
+    page = session.page
+
+    def multilingual(route: Route) -> None:
+        status = route.fetch().json()
+        status.update(multilingual=True, languages=["en", "fr"], tasks=["transcribe"])
+        fulfil_json(route, 200, status)
+
+    page.route("**/api/v1/decoder_status", multilingual)
+    session.open_ready()
     page.set_input_files("#file", JFK.path)
     page.select_option("#language", "fr")
     page.click("#submit")
@@ -309,7 +366,7 @@ def test_records_from_the_microphone(playwright: sync_api.Playwright, server: As
         expect(page.locator("#selected")).to_contain_text("recording.webm")
         with page.expect_response(re.compile(r"/api/v1/transcribe$")) as submitted:
             page.click("#submit")
-        assert submitted.value.status == 202, submitted.value.text()
+        assert submitted.value.status == 200, submitted.value.text()
         expect(page.locator("#transcript .segment").first).to_be_visible(timeout=60_000)
         task_url = f"{server.url}/api/v1/tasks/{submitted.value.json()['task_id']}"
         assert httpx.get(task_url).json()["file_name"] == "recording.webm"
@@ -322,6 +379,92 @@ def test_records_from_the_microphone(playwright: sync_api.Playwright, server: As
         assert httpx.delete(task_url).status_code == 200  # tidy up
     finally:
         browser.close()
+
+
+# ------------------------------------------------------------------ whisper_api's page
+
+# A page written here that calls asrd as whisper_api's own page does (its script.js): POST the
+# file as the form field `file` to /api/v1/transcribe, take `task_id` from the JSON (no status
+# code is looked at), poll /api/v1/status?task_id= every second until `status` is "finished",
+# show `transcript` with innerText, and open /api/v1/srt?task_id= in a new tab for the srt.
+SEED_STYLE_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>whisper_api-style page</title></head>
+<body>
+  <input type="file" id="audioFile">
+  <button type="button" id="transcribe">Transcribe</button>
+  <p>Task: <span id="taskId"></span></p>
+  <div id="result"></div>
+  <button type="button" id="downloadSrt">Download .srt file</button>
+  <script>
+    let currentTask = "";
+    document.getElementById("transcribe").addEventListener("click", async () => {
+      const chosen = document.getElementById("audioFile").files[0];
+      const body = new FormData();
+      body.append("file", chosen, chosen.name);
+      const queued = await (await fetch("/api/v1/transcribe", { method: "POST", body })).json();
+      currentTask = queued.task_id;
+      document.getElementById("taskId").innerText = currentTask;
+      const poller = setInterval(async () => {
+        const reply = await fetch(`/api/v1/status?task_id=${currentTask}`);
+        const task = await reply.json();
+        if (task.status === "finished") {
+          clearInterval(poller);
+          document.getElementById("result").innerText = task.transcript;
+        }
+      }, 1000);
+    });
+    document.getElementById("downloadSrt").addEventListener("click", () => {
+      window.open(`/api/v1/srt?task_id=${currentTask}`, "_blank");
+    });
+  </script>
+</body></html>
+"""
+
+
+def test_a_page_written_for_whisper_api_works_unchanged(
+    web: Callable[..., Web], server: AsrdServer
+) -> None:
+    """The page is served from asrd's origin (as whisper_api served its own), by the test."""
+    session = web()
+    page = session.page
+    address = f"{server.url}/whisper_api_page.html"
+    page.route(
+        address,
+        lambda route: route.fulfill(status=200, content_type="text/html", body=SEED_STYLE_PAGE),
+    )
+    answers: list[tuple[str, str, int]] = []
+    page.context.on("response", lambda r: answers.append((r.request.method, r.url, r.status)))
+    page.goto(address)
+    page.set_input_files("#audioFile", JFK.path)
+    page.click("#transcribe")
+    expect(page.locator("#taskId")).to_have_text(re.compile(r"^[0-9a-f]{32}$"))
+    task_id = page.inner_text("#taskId")
+    expect(page.locator("#result")).not_to_be_empty(timeout=60_000)
+    shown = page.inner_text("#result")
+    assert shown != "undefined" and wer(JFK.transcript, shown) <= 0.2, shown
+
+    # Its srt button opens a tab on the download (which the browser then saves).
+    srt_url = f"{server.url}/api/v1/srt?task_id={task_id}"
+    with page.expect_popup():
+        page.click("#downloadSrt")
+    deadline = time.monotonic() + 10
+    while srt_url not in [url for _, url, _ in answers] and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    assert ("GET", srt_url, 200) in answers
+    download = httpx.get(srt_url)
+    assert download.headers["content-disposition"].startswith("attachment;")
+    cues = list(srt.parse(download.text))
+    assert wer(JFK.transcript, " ".join(cue.content for cue in cues)) <= 0.25
+
+    api = [(method, url, status) for method, url, status in answers if "/api/v1/" in url]
+    assert api[0] == ("POST", f"{server.url}/api/v1/transcribe", 200)
+    polls = [url for method, url, status in api if "/api/v1/status?" in url and status == 200]
+    assert polls and polls == [url for _, url, _ in api if "/api/v1/status?" in url]
+    assert set(polls) == {f"{server.url}/api/v1/status?task_id={task_id}"}
+    page.wait_for_timeout(2500)  # its poller stopped at `finished`
+    assert len([url for _, url, _ in answers if "/api/v1/status?" in url]) == len(polls)
+    assert session.page_errors == []
+    assert httpx.delete(f"{server.url}/api/v1/tasks/{task_id}").status_code == 200  # tidy up
 
 
 # ------------------------------------------------------------------ states from fake answers

@@ -24,6 +24,7 @@
     preview: $("preview"),
     language: $("language"),
     task: $("task"),
+    modelNote: $("model-note"),
     submit: $("submit"),
     cancel: $("cancel"),
     status: $("status"),
@@ -175,8 +176,12 @@
   // The server wants a key: ask once, keep it for this tab only.
   function askForKey() {
     const key = window.prompt("This server needs an API key. Key:");
-    if (key && key.trim()) window.sessionStorage.setItem(KEY_STORAGE, key.trim());
-    else window.sessionStorage.removeItem(KEY_STORAGE);
+    if (key && key.trim()) {
+      window.sessionStorage.setItem(KEY_STORAGE, key.trim());
+      loadCapabilities(); // read without a key, the model's status was refused too
+    } else {
+      window.sessionStorage.removeItem(KEY_STORAGE);
+    }
   }
 
   function describeError(status, body, retryAfter) {
@@ -394,6 +399,55 @@
   }
   el.task.addEventListener("change", syncTask);
   syncTask();
+
+  // Offer only what the server's model can do (GET /api/v1/decoder_status): an English-only
+  // model (`*.en`) transcribes English and can't translate. If the status can't be read, every
+  // choice stays and the server says no to what its model lacks.
+  function applyCapabilities(status) {
+    if (!status || typeof status !== "object") return;
+    const languages = Array.isArray(status.languages) ? new Set(status.languages) : null;
+    const tasks = Array.isArray(status.tasks) ? new Set(status.tasks) : null;
+    const englishOnly = status.multilingual === false;
+    if (languages) {
+      for (const option of Array.from(el.language.options)) {
+        // With one language there is nothing to detect: "Detect automatically" goes too.
+        const unusable = option.value ? !languages.has(option.value) : englishOnly;
+        if (unusable) option.remove();
+      }
+      if (!Array.from(el.language.options).some((option) => option.selected)) {
+        el.language.selectedIndex = 0;
+      }
+    }
+    if (tasks) {
+      for (const option of Array.from(el.task.options)) {
+        const unusable = !tasks.has(option.value);
+        option.disabled = unusable;
+        option.hidden = unusable;
+      }
+      if (el.task.selectedOptions[0] && el.task.selectedOptions[0].disabled) {
+        el.task.value = "transcribe";
+      }
+      syncTask();
+    }
+    if (englishOnly) {
+      const model = typeof status.model === "string" && status.model ? ` (${status.model})` : "";
+      el.modelNote.textContent =
+        `This server's model${model} is English-only: it transcribes English speech and can't translate.`;
+      show(el.modelNote, true);
+    }
+    el.form.dataset.capabilities = "applied";
+  }
+
+  function loadCapabilities() {
+    fetch("/api/v1/decoder_status", {
+      headers: { Accept: "application/json", ...authHeaders() },
+      cache: "no-store",
+    })
+      .then((response) => (response.ok ? response.json() : null))
+      .then(applyCapabilities)
+      .catch(() => {});
+  }
+  loadCapabilities();
 
   // ---------------------------------------------------------------- jobs: submit, poll, show
 
