@@ -338,3 +338,37 @@ def test_browser_fetch_with_string_and_blob_bodies(
     context.close()
     assert answer["status"] == 200, answer
     assert wer(SHORT.transcript, answer["body"]["text"]) <= 0.2
+
+
+# --- X-GPU-Name on a GPU: the driver library's calls, against a stand-in driver ---------------
+
+FAKE_LIBCUDA = r"""
+#include <string.h>
+int cuInit(unsigned int flags) { return flags == 0 ? 0 : 1; }
+int cuDeviceGet(int *device, int ordinal) {
+    if (ordinal != 0) return 101; /* CUDA_ERROR_INVALID_DEVICE */
+    *device = 7;
+    return 0;
+}
+int cuDeviceGetName(char *name, int len, int device) {
+    if (device != 7 || len < 32) return 101;
+    strncpy(name, "NVIDIA H200 (stand-in)", len);
+    return 0;
+}
+"""
+
+
+def test_gpu_name_from_the_cuda_driver_library(tmp_path: Path) -> None:
+    """X-GPU-Name comes from libcuda's cuDeviceGetName (no GPU here: a stand-in library with
+    the driver's signatures checks the calls); without a driver it is empty."""
+    from asrd.api.asr import gpu_name
+
+    assert gpu_name(0, str(tmp_path / "missing.so")) == ""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None:
+        pytest.skip("no C compiler for the stand-in driver library")
+    source, library = tmp_path / "cuda.c", tmp_path / "libcuda-standin.so"
+    source.write_text(FAKE_LIBCUDA)
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(library), str(source)], check=True)
+    assert gpu_name(0, str(library)) == "NVIDIA H200 (stand-in)"
+    assert gpu_name(1, str(library)) == ""  # no such device

@@ -193,11 +193,12 @@ def _header_value(value: str | None) -> str:
 
 
 @functools.cache
-def gpu_name(index: int = 0) -> str:
-    """The name of CUDA device `index` (the one CTranslate2 uses), from the driver's own
-    library: no nvidia-smi, no torch. "" if it can't be read."""
+def gpu_name(index: int = 0, library: str = "libcuda.so.1") -> str:
+    """The name of CUDA device `index` (0: the one CTranslate2 uses, after
+    CUDA_VISIBLE_DEVICES), from the driver's own library: no nvidia-smi, no torch. "" if it
+    can't be read."""
     try:
-        cuda = ctypes.CDLL("libcuda.so.1")
+        cuda = ctypes.CDLL(library)
         device, name = ctypes.c_int(), ctypes.create_string_buffer(256)
         if (
             cuda.cuInit(0) != 0
