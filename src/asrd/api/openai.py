@@ -316,7 +316,7 @@ async def _refuse_what_asrd_lacks(request: Request, form: AudioForm) -> None:
     if strategy is not None and strategy.strip().startswith("{"):
         with contextlib.suppress(ValueError):
             parsed = json.loads(strategy)
-            nested = parsed.get("type") if isinstance(parsed, dict) else "?"
+            nested = parsed.get("type", "?") if isinstance(parsed, dict) else "?"
             strategy = None
     if (strategy is not None and strategy.strip() != "auto") or nested not in (None, "server_vad"):
         raise ApiError(
