@@ -96,3 +96,20 @@ def test_env_table_lists_every_setting() -> None:
 def test_documented_env_table_is_current() -> None:
     page = (Path(__file__).parent.parent / "docs" / "configuration.md").read_text()
     assert env_table() in page, "docs/configuration.md's table is stale: run `asrd env-table`"
+
+
+def test_the_second_seeds_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    """whisper_api's names: LISTEN and LOG_ROTATION win over HOST and LOG_ROTATION_WHEN,
+    LOG_AUTHORIZED_MAILS adds to AUTHORIZED_MAILS, MAX_MODEL takes `turbo`."""
+    monkeypatch.setenv("HOST", "*")
+    monkeypatch.setenv("LISTEN", "127.0.0.1")
+    monkeypatch.setenv("LOG_ROTATION_WHEN", "H")
+    monkeypatch.setenv("LOG_ROTATION", "d")
+    monkeypatch.setenv("AUTHORIZED_MAILS", "a@example.org")
+    monkeypatch.setenv("LOG_AUTHORIZED_MAILS", "B@example.org a@example.org")
+    monkeypatch.setenv("MAX_MODEL", "turbo")
+    settings = load_settings()
+    assert settings.host == "127.0.0.1" and settings.log_rotation_when == "D"
+    assert settings.authorized_mails == ["a@example.org", "b@example.org"]
+    assert settings.max_model == "turbo"
+    assert load_settings(host="::1", listen=None).host == "::1"  # `asrd serve --host` wins

