@@ -58,7 +58,9 @@ ALIASES = [
     "whisper-1",
     "gpt-4o-transcribe",
     "gpt-4o-mini-transcribe",
+    "gpt-4o-mini-transcribe-2025-12-15",
     "gpt-4o-transcribe-diarize",
+    "gpt-transcribe",
     "whisper-large-v3",
     "whisper-large-v3-turbo",
 ]
