@@ -158,8 +158,11 @@ class Engine:
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-engine")
         # Decoding is separate so a request can be decoded while another is transcribed.
         self._decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="asrd-decode")
-        # Decoding and VAD of long audio, one at a time, apart from the short lane above.
+        # Long audio, apart from the short lane above: decoded one at a time, and searched for
+        # speech one at a time in a lane of its own (decoded audio waiting for its VAD holds
+        # memory: it must not queue behind decodings that are waiting for memory).
         self._long_lane = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-long")
+        self._long_vad = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-long-vad")
         self._load_lock: asyncio.Lock | None = None
         self._active_jobs = 0
         self._unload_timer: asyncio.TimerHandle | None = None
@@ -450,7 +453,7 @@ class Engine:
 
             long_audio = len(samples) > LONG_AUDIO_S * SAMPLE_RATE
             job = await loop.run_in_executor(
-                self._long_lane if long_audio else self._decoder,  # VAD runs there
+                self._long_vad if long_audio else self._decoder,  # VAD runs there
                 new_job,
                 samples,
                 self._job_options(options),
@@ -539,6 +542,7 @@ class Engine:
         self._worker.shutdown(wait=False, cancel_futures=True)
         self._decoder.shutdown(wait=False, cancel_futures=True)
         self._long_lane.shutdown(wait=False, cancel_futures=True)
+        self._long_vad.shutdown(wait=False, cancel_futures=True)
 
 
 def _segment(decoded: DecodedSegment, index: int) -> Segment:
