@@ -218,3 +218,15 @@ def test_vad_matches_faster_whisper() -> None:
             for s in get_speech_timestamps(int16.astype(np.float32) / 32768, options)
         ]
         assert speech_spans(samples, options) == expected
+
+
+def test_budget_room_kept_free_for_others() -> None:
+    budget = MemoryBudget(1000, wait_s=0)
+    long = budget.reservation()
+    long.grow(800, keep_free=125)
+    with pytest.raises(BudgetExceeded):
+        long.grow(100, keep_free=125)  # would leave less than 125 to the others
+    with pytest.raises(BudgetExceeded) as never:
+        budget.reservation().grow(900, keep_free=125)
+    assert not never.value.fits_ever
+    budget.reservation().grow(150)  # the room kept free is theirs

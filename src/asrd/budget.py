@@ -41,12 +41,13 @@ class MemoryBudget:
     def reservation(self) -> Reservation:
         return Reservation(self)
 
-    def _take(self, nbytes: int, wait_s: float | None) -> None:
-        if nbytes > self.capacity:
+    def _take(self, nbytes: int, wait_s: float | None, keep_free: int = 0) -> None:
+        limit = self.capacity - keep_free
+        if nbytes > limit:
             raise BudgetExceeded(self.capacity, fits_ever=False)
         deadline = time.monotonic() + (self.wait_s if wait_s is None else wait_s)
         with self._room:
-            while self.used + nbytes > self.capacity:
+            while self.used + nbytes > limit:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise BudgetExceeded(self.capacity, fits_ever=True)
@@ -68,11 +69,12 @@ class Reservation:
         self.budget, self.nbytes = budget, 0
         self._lock = threading.Lock()
 
-    def grow(self, nbytes: int, wait_s: float | None = None) -> None:
-        """Reserve `nbytes` more, waiting up to `wait_s` (default: the budget's) for room."""
-        if self.nbytes + nbytes > self.budget.capacity:
+    def grow(self, nbytes: int, wait_s: float | None = None, keep_free: int = 0) -> None:
+        """Reserve `nbytes` more, waiting up to `wait_s` (default: the budget's) for room,
+        leaving `keep_free` bytes of the budget to others (short audio, next to long)."""
+        if self.nbytes + nbytes > self.budget.capacity - keep_free:
             raise BudgetExceeded(self.budget.capacity, fits_ever=False)
-        self.budget._take(nbytes, wait_s)
+        self.budget._take(nbytes, wait_s, keep_free)
         with self._lock:
             self.nbytes += nbytes
 

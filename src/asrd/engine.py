@@ -382,7 +382,10 @@ class Engine:
         def reserve(nbytes: int) -> None:
             if short and reservation.nbytes + nbytes > LONG_AUDIO_S * SAMPLE_RATE * 2:
                 raise _LongAudio  # longer than it said
-            reservation.grow(nbytes, wait_s)
+            # Long audio leaves an eighth of the budget to short clips: bombs and long files
+            # can't crowd out everyone else's requests.
+            keep_free = 0 if short else self.audio_budget.capacity // 8
+            reservation.grow(nbytes, wait_s, keep_free)
 
         def declared(seconds: float) -> None:
             if short and seconds > LONG_AUDIO_S:
