@@ -229,7 +229,6 @@ def test_concurrent_bombs_stay_within_the_budget(small_budget: AsrdServer) -> No
         else:
             assert response.status_code == 200, response.text
             assert response.json()["text"] == ""
-    assert any(response.status_code == 503 for response in answers)
     # Long audio is decoded and searched for speech in its own lane: the clip doesn't wait.
     assert short.status_code == 200 and wer(WEATHER.transcript, short.json()["text"]) < 0.3
     assert short_s < 8, f"the short clip waited {short_s:.1f} s behind the bombs"
