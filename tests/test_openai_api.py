@@ -18,6 +18,7 @@ import srt
 import webvtt
 
 from asrd.api.openai import AudioForm, _prompt
+from asrd.config import DEFAULT_MODEL_ALIASES
 from asrd.errors import ApiError
 from asrd.models import ModelNames
 
@@ -54,16 +55,14 @@ def upload(clip) -> tuple[str, bytes]:
 # --- models ---------------------------------------------------------------------------------
 
 
-ALIASES = [
-    "whisper-1",
-    "gpt-4o-transcribe",
-    "gpt-4o-mini-transcribe",
-    "gpt-4o-mini-transcribe-2025-12-15",
-    "gpt-4o-transcribe-diarize",
-    "gpt-transcribe",
-    "whisper-large-v3",
-    "whisper-large-v3-turbo",
-]
+ALIASES = list(DEFAULT_MODEL_ALIASES)  # what clients send: OpenAI's and Groq's names
+
+
+def test_default_aliases_cover_the_names_clients_send() -> None:
+    required = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
+                "gpt-4o-transcribe-diarize", "whisper-large-v3", "whisper-large-v3-turbo"}
+    assert required <= set(ALIASES)
+
 SPELLINGS = [
     "tiny.en",
     "TINY.EN",
