@@ -20,8 +20,9 @@ IN_PROGRESS = "asrd_transcriptions_in_progress"
 
 @pytest.fixture(scope="module")
 def long_audio() -> bytes:
-    """About 370 s of speech: over 8 s of work for tiny.en on 2 cores, in batches of up to
-    about 3 s (a job stops at the end of the batch it is in)."""
+    """About 370 s of speech: at least 13 windows of 30 s, over 8 s of work for tiny.en on
+    2 cores. A cancelled job stops at the end of the batch it is in, so the tests check how
+    many windows were decoded, not only how soon the model was free again."""
     samples, _ = long_english_audio(repeats=3)
     return encode(samples, "flac")
 
@@ -34,6 +35,11 @@ def wait_until_idle(url: str, within_s: float) -> float:
             return time.monotonic() - started
         time.sleep(0.1)
     raise AssertionError(f"transcriptions still in progress after {within_s} s")
+
+
+def windows_decoded(url: str) -> float:
+    """Windows the server has decoded so far, in all its batches."""
+    return metric(httpx.get(f"{url}/metrics").text, "asrd_batch_windows_sum")
 
 
 # --- form shapes ----------------------------------------------------------------------------
@@ -102,19 +108,23 @@ def test_uploads_over_the_limit_by_one_byte_get_413(client: httpx.Client) -> Non
 @pytest.fixture(scope="module")
 def hurried_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsrdServer]:
     log_path = tmp_path_factory.mktemp("hurried") / "asrd.log"
-    with AsrdServer({**SERVER_ENV, "REQUEST_TIMEOUT_S": "1.5"}, log_path) as instance:
+    # Batches of 2 windows (~2 s here): a cancelled job leaves the model soon.
+    env = {**SERVER_ENV, "REQUEST_TIMEOUT_S": "1.5", "BATCH_SIZE": "2"}
+    with AsrdServer(env, log_path) as instance:
         yield instance
 
 
 def test_request_past_the_deadline_gets_504_and_its_work_stops(
     hurried_server: AsrdServer, long_audio: bytes
 ) -> None:
+    before = windows_decoded(hurried_server.url)
     started = time.monotonic()
     response = httpx.post(f"{hurried_server.url}/asr", content=long_audio, timeout=60)
     elapsed = time.monotonic() - started
     error = assert_error(response, 504, "request_timeout")
     assert "REQUEST_TIMEOUT_S" in error["message"] and elapsed < 4
-    wait_until_idle(hurried_server.url, within_s=5)
+    wait_until_idle(hurried_server.url, within_s=15)
+    assert windows_decoded(hurried_server.url) - before <= 4  # of 13 or more
     # A short request still fits in the deadline.
     assert (
         httpx.post(f"{hurried_server.url}/asr", content=JFK.read(), timeout=30).status_code == 200
@@ -152,7 +162,7 @@ def test_stream_past_the_deadline_ends_with_an_error_event(
                 events.append(json.loads(line.removeprefix("data: ")))
     assert events[-1]["error"]["code"] == "request_timeout"
     assert all(event.get("type") == "transcript.text.delta" for event in events[:-1])
-    wait_until_idle(hurried_server.url, within_s=5)
+    wait_until_idle(hurried_server.url, within_s=15)
 
 
 # --- clients that leave ---------------------------------------------------------------------
@@ -168,6 +178,7 @@ def test_work_stops_when_the_client_leaves(
         request = httpx.Request(
             "POST", f"{server.url}{route}", files={"file": ("long.flac", long_audio)}
         )
+    before = windows_decoded(server.url)
     head = f"POST {route} HTTP/1.1\r\nHost: x\r\n" + "".join(
         f"{name}: {value}\r\n" for name, value in request.headers.items() if name != "host"
     )
@@ -178,9 +189,10 @@ def test_work_stops_when_the_client_leaves(
             assert time.monotonic() < deadline, "the transcription never started"
             time.sleep(0.05)
         time.sleep(0.5)
-    # Transcribing it all takes ~9 s here, in batches of up to ~5.5 s (6 windows): a dropped
-    # client frees the model after the batch it is in, well before the end.
-    wait_until_idle(server.url, within_s=7)
+    # Transcribing it all takes ~9 s here, in batches of up to ~5.5 s (6 windows, the CPU
+    # default): a dropped client frees the model after the batch it is in.
+    wait_until_idle(server.url, within_s=15)
+    assert windows_decoded(server.url) - before <= 6  # of 13 or more
     log = server.log()
     assert f"POST {route}: the client went away" in log
     assert f"POST {route} 499" in log
