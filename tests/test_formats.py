@@ -9,9 +9,9 @@ import pytest
 import srt
 import webvtt
 
-from asrd.engine import Segment, Transcript, Word
 from asrd.formats import split_segments, timestamp, to_srt, to_verbose_json, to_vtt
 from asrd.languages import UnknownLanguage, language_code, language_name
+from asrd.transcript import Segment, Transcript, Word
 
 
 @pytest.mark.parametrize(

@@ -59,9 +59,16 @@ ALIASES = list(DEFAULT_MODEL_ALIASES)  # what clients send: OpenAI's and Groq's 
 
 
 def test_default_aliases_cover_the_names_clients_send() -> None:
-    required = {"whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe",
-                "gpt-4o-transcribe-diarize", "whisper-large-v3", "whisper-large-v3-turbo"}
+    required = {
+        "whisper-1",
+        "gpt-4o-transcribe",
+        "gpt-4o-mini-transcribe",
+        "gpt-4o-transcribe-diarize",
+        "whisper-large-v3",
+        "whisper-large-v3-turbo",
+    }
     assert required <= set(ALIASES)
+
 
 SPELLINGS = [
     "tiny.en",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from asrd.audio import decode_audio
 from asrd.config import load_settings
-from asrd.engine import Engine, TranscribeOptions
+from asrd.engine import Engine
 from asrd.scheduler import (
     DecodedSegment,
     DecodeSettings,
@@ -21,6 +21,7 @@ from asrd.scheduler import (
     pack_spans,
     uncovered,
 )
+from asrd.transcript import TranscribeOptions
 
 from conftest import CLIPS
 

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from asrd.engine import Transcript
 from asrd.tasks import MemoryTaskQueue, QueueFull, Task, TaskStatus
+from asrd.transcript import Transcript
 
 
 class Clock:

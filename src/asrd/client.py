@@ -18,9 +18,10 @@ import httpx
 from tqdm import tqdm
 
 from .audio import SAMPLE_RATE, AudioError, AudioTooLong, decode_audio
-from .engine import Engine, Segment, TranscribeOptions, Transcript, Word
+from .engine import Engine
 from .formats import to_srt, to_text, to_verbose_json, to_vtt
 from .languages import UnknownLanguage, language_code
+from .transcript import Segment, TranscribeOptions, Transcript, Word
 
 EXTENSIONS = {
     "json": "json",

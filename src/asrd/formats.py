@@ -5,8 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from .engine import Segment, Transcript, Word
 from .languages import language_name
+from .transcript import Segment, Transcript, Word
 
 TEXT_CONTENT_TYPE = "text/plain; charset=utf-8"  # what OpenAI sends for text, srt and vtt
 

@@ -169,8 +169,7 @@ class BodySizeLimitMiddleware:
 
 
 _BUSY = (
-    "the server holds as many uploads in memory as it may (MAX_UPLOADS_IN_MEMORY_MB); "
-    "retry shortly"
+    "the server holds as many uploads in memory as it may (MAX_UPLOADS_IN_MEMORY_MB); retry shortly"
 )
 
 

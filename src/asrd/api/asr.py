@@ -14,11 +14,11 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
-from ..engine import TranscribeOptions
 from ..errors import ApiError
 from ..inputs import load_source
 from ..limits import FORM_LIMITS, JSON_LIMIT_BYTES
 from ..models import public_model_id
+from ..transcript import TranscribeOptions
 from .common import (
     check_task,
     decode,

@@ -13,11 +13,12 @@ from starlette.datastructures import UploadFile
 from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
 from ..budget import BudgetExceeded
 from ..config import Settings
-from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
+from ..engine import Engine, EngineNotReady
 from ..errors import ApiError
 from ..inputs import too_large
 from ..languages import UnknownLanguage, language_code
 from ..logs import request_target
+from ..transcript import TranscribeOptions, Transcript
 
 log = logging.getLogger(__name__)
 

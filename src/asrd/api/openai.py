@@ -28,7 +28,7 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ..engine import Engine, EngineNotReady, Segment, TranscribeOptions, Transcript
+from ..engine import Engine, EngineNotReady
 from ..errors import ApiError, openai_error_body
 from ..formats import (
     TEXT_CONTENT_TYPE,
@@ -43,6 +43,7 @@ from ..formats import (
 )
 from ..languages import language_name
 from ..models import ModelNames
+from ..transcript import Segment, TranscribeOptions, Transcript
 from .common import (
     check_task,
     decode,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Literal
 
-from ..engine import Transcript
+from ..transcript import Transcript
 
 
 class TaskStatus(enum.StrEnum):

@@ -10,7 +10,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import deque
 
-from ..engine import Transcript
+from ..transcript import Transcript
 from .model import Task, TaskStatus
 
 

@@ -12,9 +12,10 @@ import httpx
 
 from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
 from ..budget import BudgetExceeded
-from ..engine import Engine, EngineNotReady, TranscribeOptions, Transcript
+from ..engine import Engine, EngineNotReady
 from ..inputs import UrlNotAllowed, send_checked
 from ..logs import short_id
+from ..transcript import TranscribeOptions, Transcript
 from .model import Task, TaskStatus
 from .queue import TaskQueue
 
