@@ -10,17 +10,12 @@ from pathlib import Path
 
 from asrd.audio import decode_audio
 from asrd.config import load_settings
+from asrd.decoding import DecodedSegment, DecodeSettings, Job
+from asrd.decoding.checks import Final, Solo, check_pack
+from asrd.decoding.queues import apply
+from asrd.decoding.results import Decoded, WindowOutput
+from asrd.decoding.windows import Window, pack_spans, uncovered
 from asrd.engine import Engine
-from asrd.scheduler import (
-    DecodedSegment,
-    DecodeSettings,
-    Job,
-    JobOptions,
-    Scheduler,
-    Window,
-    pack_spans,
-    uncovered,
-)
 from asrd.transcript import TranscribeOptions
 
 from conftest import CLIPS
@@ -43,7 +38,7 @@ def segment(start: float, end: float) -> DecodedSegment:
 
 
 def test_uncovered_speech_is_found() -> None:
-    job = Job(samples=None, options=JobOptions(), windows=[])  # type: ignore[arg-type]
+    job = Job(samples=None, options=TranscribeOptions(), windows=[])  # type: ignore[arg-type]
     window = Window(job, 0.0, 30.0, speech=[(0.0, 12.0), (13.0, 29.0)])
     # The decoder stopped at 20 s (an early end): 20.3 .. 29 s is speech nobody decoded.
     assert uncovered(window, [segment(0.0, 11.8), segment(13.1, 20.0)]) == [(20.3, 29.0)]
@@ -55,18 +50,18 @@ def test_a_pack_part_left_without_text_is_decoded_again_alone() -> None:
     """Two short requests packed in one window (parts at 0 s and 5 s of the pack). The text
     covers the second part but only the first second of the first: that part goes back to
     its job's queue to be decoded alone, with no second pass stacked on the pack's text."""
-    scheduler = Scheduler(DecodeSettings())
-    try:
-        first, second = (Job(samples=None, options=JobOptions(), windows=[]) for _ in range(2))  # type: ignore[arg-type]
-        short = Window(first, 0.0, 3.0, speech=[(0.0, 3.0)])
-        other = Window(second, 0.0, 5.0, speech=[(0.0, 5.0)])
-        output = {"avg_logprob": -0.2}
-        scheduler._check_pack([short, other], output, [segment(0.0, 1.0), segment(5.0, 10.0)])
-        assert short.solo and list(first.pending) == [short] and not short.children
-        assert short.final is None
-        assert other.final is not None and [(s.start, s.end) for s in other.final] == [(0.0, 5.0)]
-    finally:
-        scheduler.stop()
+    first, second = (Job(samples=None, options=TranscribeOptions(), windows=[]) for _ in range(2))  # type: ignore[arg-type]
+    short = Window(first, 0.0, 3.0, speech=[(0.0, 3.0)])
+    other = Window(second, 0.0, 5.0, speech=[(0.0, 5.0)])
+    output = WindowOutput(tokens=[], avg_logprob=-0.2, no_speech_prob=0.01, compression_ratio=1.2)
+    decoded = Decoded(output, [segment(0.0, 1.0), segment(5.0, 10.0)])
+    verdicts = check_pack([short, other], decoded, DecodeSettings())
+    assert isinstance(verdicts[0], Solo) and isinstance(verdicts[1], Final)
+    for window, verdict in zip([short, other], verdicts, strict=True):
+        apply(window, verdict)
+    assert short.solo and list(first.pending) == [short] and not short.children
+    assert short.final is None
+    assert other.final is not None and [(s.start, s.end) for s in other.final] == [(0.0, 5.0)]
 
 
 def test_an_idle_engine_holds_no_request_audio(tmp_path: Path) -> None:

@@ -30,8 +30,8 @@ from faster_whisper import WhisperModel
 from .audio import SAMPLE_RATE, DecodedAudio, decode, decode_audio, probe_audio
 from .budget import MemoryBudget
 from .config import Settings
+from .decoding import DecodedSegment, DecodeSettings, JobResult, Scheduler, new_job
 from .models import canonical_name, choose_model_id, resolve_model
-from .scheduler import DecodedSegment, DecodeSettings, JobOptions, JobResult, Scheduler, new_job
 from .transcript import Segment, TranscribeOptions, Transcript, Word
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class Engine:
         self._model: WhisperModel | None = None
         self.decode_settings = self._decode_settings()
         self.scheduler = Scheduler(self.decode_settings)
+        self.scheduler.start()
         self.audio_budget = MemoryBudget(settings.max_decoded_audio_bytes)
         self.on_transcribed: Callable[[float, float], None] | None = None  # metrics hook
         self._multilingual: bool | None = None
@@ -410,7 +411,7 @@ class Engine:
                 self._long_vad if long_audio else self._decoder,  # VAD runs there
                 new_job,
                 samples,
-                self._job_options(options),
+                options,
                 self.decode_settings,
                 on_segments if streaming else None,
             )
@@ -441,15 +442,6 @@ class Engine:
                         yield segment
             finally:
                 job.cancel()
-
-    def _job_options(self, options: TranscribeOptions) -> JobOptions:
-        return JobOptions(
-            language=options.language,
-            task=options.task,
-            word_timestamps=options.word_timestamps,
-            prompt=options.prompt,
-            temperature=options.temperature,
-        )
 
     def _transcript(
         self,
@@ -487,7 +479,7 @@ class Engine:
                     if on_segment:
                         on_segment(placed[-1])
 
-        job = new_job(samples, self._job_options(options), self.decode_settings, on_segments)
+        job = new_job(samples, options, self.decode_settings, on_segments)
         result = self.scheduler.submit(job).future.result()
         return self._transcript(result, placed, samples, options)
 
