@@ -1,0 +1,90 @@
+"""The scheduler without a model: cancellation, the thread's start, newcomers joining a batch."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import numpy as np
+import pytest
+
+from asrd.compute import ComputeGate
+from asrd.decoding import DecodeSettings, Job, Scheduler
+from asrd.decoding.windows import NO_AUDIO
+from asrd.transcript import TranscribeOptions
+
+
+def job(windows: int = 2) -> Job:
+    made = Job(samples=np.ones(16_000, np.int16), options=TranscribeOptions(), windows=[])
+    made.windows = [made.window_at(i * 30.0, (i + 1) * 30.0, []) for i in range(windows)]
+    return made
+
+
+class FakeWhisper:
+    """Enough of the adapter for admission: an English-only model."""
+
+    multilingual = False
+
+    def tokenizer(self, task: str, language: str) -> object:
+        return object()
+
+
+def admitted(scheduler: Scheduler, *jobs: Job) -> None:
+    for made in jobs:
+        scheduler._admit(made)
+
+
+def test_a_cancelled_job_is_dropped_with_its_audio_and_its_future_cancelled() -> None:
+    scheduler = Scheduler(DecodeSettings())
+    scheduler._whisper = FakeWhisper  # type: ignore[method-assign]
+    keep, cancel = job(), job()
+    admitted(scheduler, keep, cancel)
+    assert scheduler.job_count == 2 and keep.language == "en"
+    cancel.cancel()
+    batch = scheduler._pick_batch()
+    assert all(window.job is keep for window in batch)
+    assert scheduler._jobs == [keep] and scheduler.job_count == 1
+    assert cancel.samples is NO_AUDIO and not cancel.pending and cancel.future.cancelled()
+    assert keep.samples is not NO_AUDIO
+
+
+def test_a_job_cancelled_before_admission_never_starts() -> None:
+    scheduler = Scheduler(DecodeSettings(batch_wait_ms=0))
+    scheduler.start()
+    scheduler.start()  # idempotent: still one thread
+    try:
+        made = job()
+        made.cancel()
+        scheduler.submit(made)
+        with pytest.raises(concurrent.futures.CancelledError):
+            made.future.result(timeout=5)
+        assert made.samples is NO_AUDIO and scheduler.job_count == 0
+    finally:
+        scheduler.stop()
+
+
+def test_the_thread_starts_with_start_not_construction() -> None:
+    scheduler = Scheduler(DecodeSettings(), ComputeGate(concurrent=True))
+    assert scheduler._thread is None
+    scheduler.start()
+    thread = scheduler._thread
+    scheduler.start()
+    assert scheduler._thread is thread and thread is not None and thread.is_alive()
+    scheduler.stop()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+
+
+def test_a_newcomer_takes_the_place_of_the_inputs_not_encoded_yet() -> None:
+    scheduler = Scheduler(DecodeSettings(batch_size=3))
+    scheduler._whisper = FakeWhisper  # type: ignore[method-assign]
+    long = job(5)
+    admitted(scheduler, long)
+    batch = scheduler._pick_batch()
+    assert batch == long.windows[:3]
+    done, waiting = [[batch[0]]], [[batch[1]], [batch[2]]]
+    newcomer = job(1)
+    scheduler.submit(newcomer)  # the thread isn't started: it stays in the intake
+    encode_next = scheduler._let_newcomers_in(waiting, done)
+    assert encode_next == [[newcomer.windows[0]]]
+    assert list(long.pending) == long.windows[1:]  # the windows not encoded went back, in order
+    assert newcomer.windows[0] in scheduler._in_flight and not scheduler._intake
