@@ -322,6 +322,174 @@ def test_multilingual_model_offers_languages_and_translation(
         context.close()
 
 
+# ------------------------------------------------------------------ several models (MODELS)
+
+FRENCH = CLIPS["fr_picovoice_test_fr.wav"]
+
+
+@pytest.fixture(scope="module")
+def pair_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AsrdServer]:
+    """tiny.en (MODEL_ID, the default) and the multilingual `base` (MODELS)."""
+    log_path = tmp_path_factory.mktemp("logs-pair") / "asrd.log"
+    with AsrdServer({**SERVER_ENV, "MODELS": "base"}, log_path) as instance:
+        yield instance
+
+
+@pytest.fixture
+def pair_web(browser: Browser, pair_server: AsrdServer) -> Iterator[Web]:
+    context = browser.new_context(viewport=DESKTOP)
+    context.set_default_timeout(15_000)
+    yield Web(context.new_page(), pair_server)
+    context.close()
+
+
+# One multipart part: its name (after the boundary), its other headers, a blank line, its value.
+FORM_PART = re.compile(rb'name="([^"]+)"[^\r]*\r\n(?:[^\r]+\r\n)*\r\n(.*?)\r\n--', re.S)
+
+
+def form_fields(body: bytes | None) -> dict[str, bytes]:
+    """A multipart body's fields by name, in order (a file field's value is its content)."""
+    assert body
+    return {match[1].decode(): match[2] for match in FORM_PART.finditer(body)}
+
+
+def assert_english_only(page: Page, model: str) -> None:
+    assert options(page, "#language") == ["en"]
+    expect(page.locator("#language")).to_have_value("en")
+    assert options(page, "#task") == ["transcribe"]
+    expect(page.locator("#task")).to_have_value("transcribe")
+    expect(page.locator("#submit")).to_have_text("Transcribe")
+    expect(page.locator("#model-note")).to_be_visible()
+    expect(page.locator("#model-note")).to_contain_text(model)
+    expect(page.locator("#model-note")).to_contain_text("English-only")
+
+
+def test_model_picker_offers_each_models_languages_and_sends_the_choice(
+    pair_web: Web,
+) -> None:
+    session = pair_web
+    page = session.open_ready()
+    picker = page.locator("#model")
+    expect(picker).to_be_visible()
+    assert page.get_by_label("Model").get_attribute("id") == "model"
+    assert options(page, "#model") == ["tiny.en", "base"]  # the server's order, default first
+    expect(picker).to_have_value("tiny.en")
+    labels = picker.locator("option").all_text_contents()
+    assert "English only" in labels[0] and "default" in labels[0], labels
+    assert labels[1] == "base", labels
+    assert_english_only(page, "tiny.en")
+
+    # By keyboard: the next model is base, multilingual.
+    picker.focus()
+    page.keyboard.press("ArrowDown")
+    expect(picker).to_have_value("base")
+    languages = options(page, "#language")
+    assert languages[0] == "" and {"en", "fr", "de", "ja"} <= set(languages)
+    expect(page.locator("#language")).to_have_value("")  # detect: English was only forced
+    assert options(page, "#task") == ["transcribe", "translate"]
+    expect(page.locator("#model-note")).to_be_hidden()
+
+    # Translation there, then tiny.en can't: back to transcription, and back again.
+    page.select_option("#task", "translate")
+    expect(page.locator("#submit")).to_have_text("Translate")
+    page.select_option("#model", "tiny.en")
+    assert_english_only(page, "tiny.en")
+    page.select_option("#model", "base")
+    expect(page.locator("#task")).to_have_value("translate")
+    page.select_option("#task", "transcribe")
+
+    # French with base: the request names the model, the transcript is French.
+    page.select_option("#language", "fr")
+    page.set_input_files("#file", FRENCH.path)
+    bodies = []  # Chromium reports an upload's body only to a route: look, then let it pass
+
+    def look(route: Route) -> None:
+        bodies.append(route.request.post_data_buffer)
+        route.continue_()
+
+    page.route("**/api/v1/transcribe", look)
+    with page.expect_response(re.compile(r"/api/v1/transcribe$")) as submitted:
+        page.click("#submit")
+    assert submitted.value.status == 200, submitted.value.text()
+    assert len(bodies) == 1
+    fields = form_fields(bodies[0])
+    assert list(fields) == ["file", "language", "model"], list(fields)
+    assert fields["model"] == b"base" and fields["language"] == b"fr"
+    assert f'filename="{FRENCH.name}"'.encode() in bodies[0]  # (its bytes aren't reported)
+    expect(page.locator("#transcript .segment").first).to_be_visible(timeout=120_000)
+    expect(page.locator("#status")).to_contain_text("Transcribed")
+    words = transcript_words(page)
+    assert wer(FRENCH.transcript, words) <= 0.5, words
+    expect(page.locator("#result-meta")).to_contain_text("French")
+    session.screenshot("web-models.png")
+
+    # Back to tiny.en: English only again; base keeps the French the user chose.
+    page.select_option("#model", "tiny.en")
+    assert_english_only(page, "tiny.en")
+    page.select_option("#model", "base")
+    expect(page.locator("#language")).to_have_value("fr")
+    page.select_option("#model", "tiny.en")
+    assert_english_only(page, "tiny.en")
+    session.assert_polling_stopped()
+    session.assert_clean()
+
+
+def test_a_model_no_longer_served_is_explained(pair_web: Web) -> None:
+    """The page picked a model the server doesn't serve (gone since the page read the list):
+    the server's 404 `model_not_found` is shown in words, and the page reads the list again."""
+    session = pair_web
+    page = session.open_ready()
+    page.eval_on_selector(
+        "#model",
+        """select => {
+            const option = document.createElement("option");
+            option.value = option.textContent = "gone";
+            select.append(option);
+            select.value = "gone";
+        }""",
+    )
+    page.set_input_files("#file", CLIPS["en_timit_LDC93S1.wav"].path)
+    with page.expect_response(re.compile(r"/api/v1/transcribe$")) as submitted:
+        page.click("#submit")
+    assert submitted.value.status == 404, submitted.value.text()
+    assert submitted.value.json()["error"]["code"] == "model_not_found"
+    error = page.locator("#error")
+    expect(error).to_contain_text("model isn't available")
+    assert len(error.inner_text().strip()) > len("The chosen model isn't available") + 20
+    expect(page.locator("#status")).to_be_hidden()
+    expect(page.locator("#model option[value=gone]")).to_have_count(0)  # the list, read again
+    assert options(page, "#model") == ["tiny.en", "base"]
+    expect(page.locator("#model")).to_have_value("tiny.en")
+    assert_english_only(page, "tiny.en")
+    assert session.polls() == []
+    session.assert_clean()
+
+
+def test_one_model_has_no_picker_and_sends_no_model(
+    web: Callable[..., Web], tmp_path: Path
+) -> None:
+    session = web()
+    page = session.open_ready()
+    expect(page.locator("#model-field")).to_be_hidden()
+    bodies = []
+
+    def record(request: sync_api.Request) -> None:
+        if request.method == "POST" and "/api/v1/" in request.url:
+            bodies.append(request.post_data_buffer)
+
+    page.on("request", record)
+    page.route("**/api/v1/transcribe", accept_submit)
+    page.route(TASKS, lambda route: fulfil_json(route, 200, fake_task(FAKE_ID, "pending")))
+    submit_fake_file(page, tmp_path)
+    expect(page.locator("#status")).to_contain_text("Pending")
+    assert len(bodies) == 1
+    fields = form_fields(bodies[0])
+    assert list(fields) == ["file", "language"], list(fields)  # as before MODELS existed
+    assert fields["language"] == b"en"
+    page.click("#cancel")
+    session.assert_polling_stopped()
+
+
 def test_another_language_is_refused_if_offered_anyway(web: Callable[..., Web]) -> None:
     """A page that missed the model's status (here: told it is multilingual) still gets the
     server's refusal, shown in words."""

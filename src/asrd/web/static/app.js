@@ -22,6 +22,8 @@
     selected: $("selected"),
     selectedName: $("selected-name"),
     preview: $("preview"),
+    modelField: $("model-field"),
+    model: $("model"),
     language: $("language"),
     task: $("task"),
     modelNote: $("model-note"),
@@ -144,7 +146,11 @@
       case "invalid_audio":
         return "This file could not be read as audio.";
       case "invalid_language":
-        return "This language can't be used with this server's model.";
+        return el.modelField.hidden
+          ? "This language can't be used with this server's model."
+          : "This language can't be used with the chosen model.";
+      case "model_not_found":
+        return "The chosen model isn't available on this server: pick another one.";
       case "too_large":
         return "The file is too large for this server.";
       case "audio_too_long":
@@ -400,43 +406,114 @@
   el.task.addEventListener("change", syncTask);
   syncTask();
 
-  // Offer only what the server's model can do (GET /api/v1/decoder_status): an English-only
-  // model (`*.en`) transcribes English and can't translate. If the status can't be read, every
-  // choice stays and the server says no to what its model lacks.
-  function applyCapabilities(status) {
+  // Every language the page knows, as the HTML lists them: each model gets the ones it can use,
+  // so switching models can bring back what another model had no use for.
+  const ALL_LANGUAGES = Array.from(el.language.options).map((option) => ({
+    value: option.value,
+    text: option.textContent,
+  }));
+  // What the user picked (not what a model forced): kept for the next model that can do it.
+  let wantedLanguage = el.language.value;
+  let wantedTask = el.task.value;
+  el.language.addEventListener("change", () => {
+    wantedLanguage = el.language.value;
+  });
+  el.task.addEventListener("change", () => {
+    wantedTask = el.task.value;
+  });
+
+  // Offer only what a model can do (GET /api/v1/decoder_status, or one of its `models`): an
+  // English-only model (`*.en`) transcribes English and can't translate. If the status can't be
+  // read, every choice stays and the server says no to what its model lacks. `several`: the
+  // server serves more than one model, so the note names the model rather than "this server's".
+  function applyCapabilities(status, several = false) {
     if (!status || typeof status !== "object") return;
     const languages = Array.isArray(status.languages) ? new Set(status.languages) : null;
     const tasks = Array.isArray(status.tasks) ? new Set(status.tasks) : null;
     const englishOnly = status.multilingual === false;
-    if (languages) {
-      for (const option of Array.from(el.language.options)) {
-        // With one language there is nothing to detect: "Detect automatically" goes too.
-        const unusable = option.value ? !languages.has(option.value) : englishOnly;
-        if (unusable) option.remove();
-      }
-      if (!Array.from(el.language.options).some((option) => option.selected)) {
-        el.language.selectedIndex = 0;
-      }
+    // With one language there is nothing to detect: "Detect automatically" goes too.
+    const usable = ({ value }) =>
+      !languages || (value ? languages.has(value) : !englishOnly);
+    const offered = ALL_LANGUAGES.filter(usable);
+    el.language.replaceChildren(
+      ...offered.map(({ value, text }) => {
+        const option = document.createElement("option");
+        option.value = value;
+        option.textContent = text;
+        return option;
+      }),
+    );
+    if (offered.some(({ value }) => value === wantedLanguage)) {
+      el.language.value = wantedLanguage;
+    } else {
+      el.language.selectedIndex = 0;
     }
-    if (tasks) {
-      for (const option of Array.from(el.task.options)) {
-        const unusable = !tasks.has(option.value);
-        option.disabled = unusable;
-        option.hidden = unusable;
-      }
-      if (el.task.selectedOptions[0] && el.task.selectedOptions[0].disabled) {
-        el.task.value = "transcribe";
-      }
-      syncTask();
+    for (const option of Array.from(el.task.options)) {
+      const unusable = tasks ? !tasks.has(option.value) : false;
+      option.disabled = unusable;
+      option.hidden = unusable;
     }
+    const wanted = Array.from(el.task.options).find((option) => option.value === wantedTask);
+    el.task.value = wanted && !wanted.disabled ? wantedTask : "transcribe";
+    syncTask();
     if (englishOnly) {
-      const model = typeof status.model === "string" && status.model ? ` (${status.model})` : "";
-      el.modelNote.textContent =
-        `This server's model${model} is English-only: it transcribes English speech and can't translate.`;
-      show(el.modelNote, true);
+      const id = typeof status.model === "string" && status.model ? status.model : "";
+      el.modelNote.textContent = several
+        ? `The model ${id} is English-only: it transcribes English speech and can't translate.`
+        : `This server's model${id ? ` (${id})` : ""} is English-only: it transcribes English ` +
+          "speech and can't translate.";
+    } else {
+      el.modelNote.textContent = "";
     }
+    show(el.modelNote, englishOnly);
+  }
+
+  // The served models (`models` in the status), the default first; [] from a server that
+  // doesn't list them.
+  let models = [];
+
+  function modelLabel(model) {
+    let text = model.model;
+    if (model.multilingual === false) text += " (English only)";
+    if (model.default) text += " — default";
+    return text;
+  }
+
+  // With more than one model, a picker: the default first and chosen, unless the user had
+  // already chosen one the server still serves. With one, no picker, and no `model` sent.
+  function applyStatus(status) {
+    if (!status || typeof status !== "object") return;
+    models = Array.isArray(status.models)
+      ? status.models.filter((m) => m && typeof m === "object" && typeof m.model === "string")
+      : [];
+    const several = models.length > 1;
+    if (several) {
+      const previous = el.model.value;
+      el.model.replaceChildren(
+        ...models.map((model) => {
+          const option = document.createElement("option");
+          option.value = model.model;
+          option.textContent = modelLabel(model);
+          return option;
+        }),
+      );
+      const fallback = models.find((model) => model.default) || models[0];
+      el.model.value = models.some((model) => model.model === previous) ? previous : fallback.model;
+    } else {
+      el.model.replaceChildren();
+    }
+    show(el.modelField, several);
+    applyCapabilities(several ? chosenModel() : status, several);
     el.form.dataset.capabilities = "applied";
   }
+
+  function chosenModel() {
+    return models.find((model) => model.model === el.model.value) || null;
+  }
+
+  el.model.addEventListener("change", () => {
+    applyCapabilities(chosenModel(), true);
+  });
 
   function loadCapabilities() {
     fetch("/api/v1/decoder_status", {
@@ -444,7 +521,7 @@
       cache: "no-store",
     })
       .then((response) => (response.ok ? response.json() : null))
-      .then(applyCapabilities)
+      .then(applyStatus)
       .catch(() => {});
   }
   loadCapabilities();
@@ -539,6 +616,8 @@
     const form = new FormData();
     form.append("file", chosen, chosen.name || "audio");
     if (el.language.value) form.append("language", el.language.value);
+    // Only with a picker: a server with one model gets the same request as ever.
+    if (!el.modelField.hidden && el.model.value) form.append("model", el.model.value);
     const endpoint = el.task.value === "translate" ? "/api/v1/translate" : "/api/v1/transcribe";
 
     // XMLHttpRequest rather than fetch, for upload progress on big files and slow phones.
@@ -558,6 +637,7 @@
       const body = parseJson(xhr.responseText);
       if (xhr.status < 200 || xhr.status >= 300) {
         if (xhr.status === 401) askForKey();
+        if (body && body.error && body.error.code === "model_not_found") loadCapabilities();
         fail(job, describeError(xhr.status, body, xhr.getResponseHeader("Retry-After")));
         return;
       }
@@ -642,6 +722,7 @@
         return;
       case "failed": {
         const error = body.error && typeof body.error === "object" ? body.error : {};
+        if (error.code === "model_not_found") loadCapabilities(); // the list has changed
         const verb = body.task_type === "translate" ? "translation" : "transcription";
         fail(job, [
           knownError(error.code) || `The ${verb} failed.`,
