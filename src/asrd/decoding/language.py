@@ -3,11 +3,15 @@ detected from its first window."""
 
 from __future__ import annotations
 
-import ctranslate2
+from typing import TYPE_CHECKING
 
 from .packing import Pack
-from .whisper import Whisper
 from .windows import Job
+
+if TYPE_CHECKING:
+    import ctranslate2
+
+    from .whisper import Whisper
 
 
 def prepare(job: Job, whisper: Whisper) -> None:

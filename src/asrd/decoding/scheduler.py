@@ -15,9 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-
-from ctranslate2 import StorageView
-from faster_whisper import WhisperModel
+from typing import TYPE_CHECKING
 
 from ..compute import ComputeGate
 from . import language
@@ -29,6 +27,10 @@ from .results import JobResult
 from .settings import DecodeSettings
 from .whisper import Whisper
 from .windows import Job, Window
+
+if TYPE_CHECKING:
+    from ctranslate2 import StorageView
+    from faster_whisper import WhisperModel
 
 log = logging.getLogger(__name__)
 
