@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from asrd import __version__
 from asrd.app import create_app
 from asrd.config import load_settings
-from asrd.engine import Engine
+from asrd.slot import ModelSlot
 
 from conftest import CLIPS, wer
 
@@ -22,13 +22,13 @@ from conftest import CLIPS, wer
 def test_loading_then_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     # The real model and warm-up, held back by a gate so the loading state can be observed.
     gate = threading.Event()
-    real_load = Engine.load_sync
+    real_load = ModelSlot.load_sync
 
-    def gated_load(self: Engine) -> None:
+    def gated_load(self: ModelSlot) -> None:
         gate.wait(30)
         real_load(self)
 
-    monkeypatch.setattr(Engine, "load_sync", gated_load)
+    monkeypatch.setattr(ModelSlot, "load_sync", gated_load)
     monkeypatch.setenv("MODEL_ID", "tiny.en")
     app = create_app(load_settings())
     with TestClient(app) as client:

@@ -19,9 +19,9 @@ import ctranslate2
 import httpx
 import pytest
 
-from asrd import engine as engine_module
+from asrd import devices as devices_module
 from asrd.config import ConfigError, load_settings
-from asrd.engine import choose_device
+from asrd.devices import choose_device
 from asrd.models import choose_model_id
 
 from conftest import CLIPS, SERVER_ENV, AsrdServer, free_port, model_dir, wer
@@ -114,13 +114,13 @@ def test_model_choice_rules() -> None:
 
 
 def test_use_gpu_if_available(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(engine_module.ctranslate2, "get_cuda_device_count", lambda: 1)
+    monkeypatch.setattr(devices_module.ctranslate2, "get_cuda_device_count", lambda: 1)
     assert choose_device(load_settings()).device == "cuda"
     assert choose_device(load_settings()).compute_type == "float16"
     monkeypatch.setenv("USE_GPU_IF_AVAILABLE", "0")
     assert choose_device(load_settings()).device == "cpu"
     assert choose_device(load_settings()).compute_type == "int8"
-    monkeypatch.setattr(engine_module.ctranslate2, "get_cuda_device_count", lambda: 0)
+    monkeypatch.setattr(devices_module.ctranslate2, "get_cuda_device_count", lambda: 0)
     monkeypatch.setenv("DEVICE", "cuda")
     with pytest.raises(ConfigError, match="no usable CUDA device"):
         choose_device(load_settings())
@@ -325,4 +325,4 @@ def test_sigterm_during_a_model_download(tmp_path: Path) -> None:
         server.stop()
     assert code == 0, server.log()
     assert exited < 2 + 2, exited
-    assert "exiting with work still running in asrd-engine" in server.log()
+    assert "exiting with work still running in asrd-loader" in server.log()

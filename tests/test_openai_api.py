@@ -586,28 +586,33 @@ def test_official_node_sdk(server: AsrdServer) -> None:
 
 
 def test_model_names_and_aliases(tmp_path: Path) -> None:
-    names = ModelNames("tiny.en", "tiny.en", dict.fromkeys(ALIASES, ""))
-    assert names.served_aliases() == ALIASES
-    for spelling in [*SPELLINGS, " tiny.en ", "tiny.en/"]:
-        assert names.match(spelling) == "model", spelling
-    for alias in [*ALIASES, "WHISPER-1", "GPT-4o-Transcribe"]:
-        assert names.match(alias) == "alias", alias
+    names = ModelNames([("tiny.en", "tiny.en")], dict.fromkeys(ALIASES, ""))
+    assert names.aliases_of(0) == ALIASES
+    for spelling in [
+        *SPELLINGS,
+        " tiny.en ",
+        "tiny.en/",
+        *ALIASES,
+        "WHISPER-1",
+        "GPT-4o-Transcribe",
+    ]:
+        assert names.find(spelling) == 0, spelling
     for other in ("tiny", "base.en", "openai/whisper-tiny", "large-v3", "whisper-2", ""):
-        assert names.match(other) is None, other
-    # Targets: "" is the served model; so is MODEL_ID when a smaller model stands in for it
-    # (DEVELOP_MODE, CPU_FALLBACK_MODEL); another model is not served.
+        assert names.find(other) is None, other
+    # Targets: "" is MODEL_ID; so is MODEL_ID's own name when a smaller model stands in for it
+    # (DEVELOP_MODE, CPU_FALLBACK_MODEL); a model not served is no target.
     names = ModelNames(
-        "tiny.en", "large-v3", {"whisper-1": "", "x": "openai/whisper-large-v3", "y": "base"}
+        [("large-v3", "tiny.en")], {"whisper-1": "", "x": "openai/whisper-large-v3", "y": "base"}
     )
-    assert names.served_aliases() == ["whisper-1", "x"]
-    assert names.match("x") == "alias" and names.match("large-v3") is None
-    assert names.match("y") is None and "alias (MODEL_ALIASES) of `base`" in names.not_served("y")
+    assert names.aliases_of(0) == ["whisper-1", "x"]
+    assert names.find("x") == 0 and names.find("large-v3") is None
+    assert names.find("y") is None and "alias (MODEL_ALIASES) of `base`" in names.not_served("y")
     # A local directory is known by its name, never shown by its path.
     local = tmp_path / "my-ct2-whisper"
     local.mkdir()
-    names = ModelNames(str(local), str(local), {"whisper-1": ""})
-    assert names.public_id == "my-ct2-whisper" and str(tmp_path) not in names.not_served("z")
-    assert names.match("My-CT2-Whisper") == "model" and names.match(str(local)) == "model"
+    names = ModelNames([(str(local), str(local))], {"whisper-1": ""})
+    assert names.public_ids == ["my-ct2-whisper"] and str(tmp_path) not in names.not_served("z")
+    assert names.find("My-CT2-Whisper") == 0 and names.find(str(local)) == 0
 
 
 def form(**fields) -> AudioForm:

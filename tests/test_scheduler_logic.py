@@ -9,13 +9,14 @@ import weakref
 from pathlib import Path
 
 from asrd.audio import decode_audio
+from asrd.audio_lanes import AudioLanes
 from asrd.config import load_settings
 from asrd.decoding import DecodedSegment, DecodeSettings, Job
 from asrd.decoding.checks import Final, Solo, check_pack
 from asrd.decoding.queues import apply
 from asrd.decoding.results import Decoded, WindowOutput
 from asrd.decoding.windows import Window, pack_spans, uncovered
-from asrd.engine import Engine
+from asrd.registry import ModelRegistry
 from asrd.transcript import TranscribeOptions
 
 from conftest import CLIPS
@@ -64,10 +65,12 @@ def test_a_pack_part_left_without_text_is_decoded_again_alone() -> None:
     assert other.final is not None and [(s.start, s.end) for s in other.final] == [(0.0, 5.0)]
 
 
-def test_an_idle_engine_holds_no_request_audio(tmp_path: Path) -> None:
+def test_an_idle_model_holds_no_request_audio(tmp_path: Path) -> None:
     """After a transcription nothing keeps its audio alive: not the scheduler's last batch,
     not its loop variables."""
-    engine = Engine(load_settings(model_id="tiny.en", cache_dir=tmp_path, cpu_threads=2))
+    settings = load_settings(model_id="tiny.en", cache_dir=tmp_path, cpu_threads=2)
+    models = ModelRegistry(settings, AudioLanes(settings))
+    engine = models.default
     try:
         engine.load_sync()
         samples = decode_audio(CLIPS["en_jfk_inaugural_1961.flac"].read(), as_int16=True)
@@ -80,4 +83,4 @@ def test_an_idle_engine_holds_no_request_audio(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert alive() is None
     finally:
-        engine.close()
+        models.close()

@@ -14,11 +14,11 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .api import asr, docs, health, openai, tasks, web
+from .api import asr, docs, health, manage, openai, tasks, web
+from .audio_lanes import AudioLanes
 from .auth import ApiKeyMiddleware
 from .budget import MemoryBudget
 from .config import Settings, load_settings
-from .engine import Engine, EngineState
 from .errors import document_errors, install_error_handlers
 from .limits import (
     FORM_LIMITS,
@@ -27,8 +27,10 @@ from .limits import (
     UploadRateMiddleware,
 )
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
+from .registry import ModelRegistry
 from .shutdown import ShutdownMiddleware, ShutdownState
 from .slashes import TrailingSlashMiddleware
+from .slot import ModelState
 from .tasks import MemoryTaskQueue, TaskWorker
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = Engine(settings)
+        audio = AudioLanes(settings)
+        models = ModelRegistry(settings, audio)
         queue = MemoryTaskQueue(
             max_pending=settings.max_task_queue_size,
             max_pending_bytes=int(settings.max_queue_mb * 1024 * 1024),
@@ -59,19 +62,19 @@ def create_app(
             refresh_on_read=settings.refresh_expiration_time_on_usage,
             max_results=settings.max_stored_results,
         )
-        worker = TaskWorker(queue, engine)
-        app.state.engine, app.state.task_queue, app.state.task_worker = engine, queue, worker
-        engine.on_transcribed = metrics.observe_transcription
-        engine.scheduler.on_batch = metrics.batch_windows.observe
-        metrics.watch(
-            lambda: queue.depth, lambda: float(engine.loaded), lambda: engine.scheduler.job_count
-        )
-        metrics.watch_budget("decoded_audio", lambda: engine.audio_budget.used)
+        worker = TaskWorker(queue, models, audio, settings)
+        app.state.models, app.state.audio = models, audio
+        app.state.task_queue, app.state.task_worker = queue, worker
+        for slot in models.slots:
+            metrics.watch_model(slot)
+        metrics.watch_queue(lambda: queue.depth)
+        metrics.watch_budget("decoded_audio", lambda: audio.budget.used)
 
         async def load() -> None:
-            await engine.start()
-            if engine.state is EngineState.FAILED and on_load_failure:
-                on_load_failure(engine.error or "unknown error")
+            await models.start()
+            default = models.default
+            if default.state is ModelState.FAILED and on_load_failure:
+                on_load_failure(default.error or "unknown error")
 
         async def stop_tasks() -> None:
             # As soon as the shutdown begins: no new task starts, the waiting ones fail.
@@ -105,9 +108,10 @@ def create_app(
             # Jobs cut short leave the inference thread at the end of their batch: let them,
             # while this loop can still take their results, for a moment past the grace.
             until = time.monotonic() + shutdown.overtime(1.0)
-            while engine.scheduler.job_count and time.monotonic() < until:  # noqa: ASYNC110
+            while models.job_count and time.monotonic() < until:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
-            engine.close()
+            models.close()
+            audio.close()
 
     app = FastAPI(
         title="asrd",
@@ -146,7 +150,7 @@ def create_app(
     if settings.api_keys:
         app.add_middleware(
             ApiKeyMiddleware,
-            keys=settings.api_keys,
+            keys=settings.api_keys + settings.admin_api_keys,  # an admin is a user too
             protect_health=settings.protect_health,
             protect_metrics=settings.protect_metrics,
         )
@@ -177,6 +181,7 @@ def create_app(
     app.include_router(asr.router)
     app.include_router(openai.router)
     app.include_router(tasks.router)
+    app.include_router(manage.router)
     app.include_router(web.router)
     web.mount_static(app)
     docs.install(app)

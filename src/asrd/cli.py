@@ -28,12 +28,23 @@ def main(argv: list[str] | None = None) -> None:
     transcribe.add_argument(
         "--format", default="text", choices=["json", "text", "srt", "vtt", "verbose_json"]
     )
+    transcribe.add_argument(
+        "--model",
+        help="with --server: one of the models it serves; else the model to load (else MODEL_ID)",
+    )
     transcribe.add_argument("--language", help="language of the speech (ISO 639-1); else detected")
     transcribe.add_argument("--translate", action="store_true", help="output English text")
     transcribe.add_argument("-o", "--output-dir", type=Path, metavar="DIR")
     transcribe.add_argument(
         "--api-key", default=os.environ.get("ASRD_API_KEY"), help="(default: $ASRD_API_KEY)"
     )
+    download = commands.add_parser(
+        "download",
+        help="fetch models into CACHE_DIR now (for images and air-gapped hosts)",
+        description="Each MODEL in any spelling MODEL_ID takes; one already on disk is not "
+        "fetched again. Without MODEL: MODEL_ID and MODELS.",
+    )
+    download.add_argument("models", nargs="*", metavar="MODEL")
     commands.add_parser("env-table", help="print the table of environment variables (Markdown)")
     args = parser.parse_args(argv)
 
@@ -49,8 +60,14 @@ def main(argv: list[str] | None = None) -> None:
                 translate=args.translate,
                 out_dir=args.output_dir,
                 api_key=args.api_key,
+                model=args.model,
             )
         )
+
+    if args.command == "download":
+        from .download import download_models
+
+        sys.exit(download_models(args.models))
 
     if args.command == "env-table":
         from .docs import env_table

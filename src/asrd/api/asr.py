@@ -14,20 +14,21 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 
+from ..config import Settings
 from ..errors import ApiError
 from ..inputs import load_source
 from ..limits import FORM_LIMITS, JSON_LIMIT_BYTES
-from ..models import public_model_id
 from ..transcript import TranscribeOptions
 from .common import (
     check_task,
     decode,
+    model_slot,
     parse_language,
     read_upload,
-    ready_engine,
     transcribe_until_disconnect,
     warning_headers,
 )
+from .deps import AudioDep, ModelsDep, SettingsDep
 
 router = APIRouter(tags=["seed API"])
 
@@ -103,6 +104,14 @@ _REQUEST_BODY = {
 )
 async def asr(
     request: Request,
+    models: ModelsDep,
+    audio_lanes: AudioDep,
+    settings: SettingsDep,
+    model: str | None = Query(
+        None,
+        description="The model to use, of those served (GET /v1/models); default MODEL_ID",
+        max_length=512,
+    ),
     language: str | None = Query(
         None, description="Language of the speech (ISO 639-1, e.g. `fr`); detected if absent"
     ),
@@ -114,18 +123,18 @@ async def asr(
     ),
 ) -> JSONResponse:
     started = time.perf_counter()
-    engine = ready_engine(request)
-    check_task(engine, task, param="task")
+    slot = model_slot(models, model)
+    check_task(slot, task, param="task")
     options = TranscribeOptions(
-        language=parse_language(engine, language), task=task, word_timestamps=word_timestamps
+        language=parse_language(slot, language), task=task, word_timestamps=word_timestamps
     )
-    data = await read_audio_input(request)
-    audio = await decode(engine, data)
+    data = await read_audio_input(request, settings)
+    audio = await decode(audio_lanes, data)
     del data
     samples, warnings = audio.samples, list(audio.warnings)
     headers = warning_headers(audio)
     del audio
-    transcript = await transcribe_until_disconnect(request, engine, samples, options)
+    transcript = await transcribe_until_disconnect(request, slot, samples, options)
     del samples
 
     elapsed = time.perf_counter() - started
@@ -147,14 +156,13 @@ async def asr(
         duration=round(transcript.duration, 3),
         warnings=warnings,
     )
-    settings = request.app.state.settings
     headers |= {
         "X-Processing-Time": f"{elapsed:.3f}",
         "X-Audio-Length": f"{transcript.duration:.3f}",
         "X-Realtime-Factor": f"{transcript.duration / max(elapsed, 1e-6):.2f}",
-        "X-Model-ID": public_model_id(engine.model_id),
+        "X-Model-ID": slot.public_id,
         # The seed's deployment headers, always sent as it did: empty when they don't apply.
-        "X-GPU-Name": gpu_name() if engine.device.device == "cuda" else "",
+        "X-GPU-Name": gpu_name() if slot.device.device == "cuda" else "",
         "X-Salad-Machine-ID": _header_value(settings.salad_machine_id),
         "X-Salad-Container-Group-ID": _header_value(settings.salad_container_group_id),
     }
@@ -163,7 +171,7 @@ async def asr(
     return JSONResponse(content, headers=headers)
 
 
-async def read_audio_input(request: Request) -> bytes:
+async def read_audio_input(request: Request, settings: Settings) -> bytes:
     """The audio bytes of a `/asr` request, whichever of the four shapes it has.
 
     As the seed did, the Content-Type decides little: a body that is a JSON object with a
@@ -172,12 +180,11 @@ async def read_audio_input(request: Request) -> bytes:
     multipart form is a form, and anything else is audio, for the decoder to accept or refuse.
     """
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    settings = request.app.state.settings
     if content_type == "application/json" or content_type.endswith("+json"):
         # Held to JSON_LIMIT_BYTES by the body limit: a JSON type always means a JSON body.
         return await load_source(_parse_url_request(await request.body()).url, settings)
     if content_type == "multipart/form-data":
-        return await _read_form_file(request)
+        return await _read_form_file(request, settings)
     data = await request.body()  # exactly capped at MAX_UPLOAD_MB by the body limit
     if not data:
         raise ApiError(400, "invalid_audio", "the request body is empty")
@@ -236,9 +243,9 @@ def _parse_url_request(raw: bytes) -> UrlRequest:
         raise ApiError(422, "invalid_request", message) from None
 
 
-async def _read_form_file(request: Request) -> bytes:
+async def _read_form_file(request: Request, settings: Settings) -> bytes:
     async with request.form(**FORM_LIMITS) as form:
         upload = form.get("file")
         if not isinstance(upload, UploadFile):
             raise ApiError(422, "invalid_request", "the form needs a 'file' field with the audio")
-        return await read_upload(upload, request.app.state.settings)
+        return await read_upload(upload, settings)

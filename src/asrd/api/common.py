@@ -1,4 +1,5 @@
-"""What every transcription route does the same way: engine readiness, decoding, languages."""
+"""What every transcription route does the same way: the model asked for, decoding,
+languages, and transcribing until the client goes away."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from fastapi import Request
 from starlette.datastructures import UploadFile
 
 from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
+from ..audio_lanes import AudioLanes
 from ..budget import BudgetExceeded
 from ..config import Settings
-from ..engine import Engine, EngineNotReady
 from ..errors import ApiError
 from ..inputs import too_large
 from ..languages import UnknownLanguage, language_code
 from ..logs import request_target
+from ..registry import ModelNotServed, ModelRegistry
+from ..slot import ModelNotReady, ModelSlot
 from ..transcript import TranscribeOptions, Transcript
 
 log = logging.getLogger(__name__)
@@ -35,19 +38,27 @@ async def read_upload(upload: UploadFile, settings: Settings, param: str | None 
     return data
 
 
-def ready_engine(request: Request) -> Engine:
-    """The engine, if it takes requests now (a model unloaded for idleness loads on demand)."""
-    engine: Engine = request.app.state.engine
-    if not engine.accepting:
-        message = engine.error or "the model is not loaded yet"
-        raise ApiError(503, "model_not_ready", message, headers={"Retry-After": "5"})
-    return engine
+def model_slot(models: ModelRegistry, name: str | None, param: str | None = "model") -> ModelSlot:
+    """The served model `name` means (none: MODEL_ID), if it takes requests now (a model not
+    loaded is loaded for the request): 404 if not served, 503 if it can't load."""
+    try:
+        slot = models.get(name)
+    except ModelNotServed as exc:
+        raise ApiError(404, "model_not_found", str(exc), param=param) from None
+    if not slot.accepting:
+        raise not_ready(ModelNotReady(slot.error or "the model is not loaded yet"))
+    return slot
 
 
-async def decode(engine: Engine, data: bytes, param: str | None = None) -> DecodedAudio:
+def not_ready(exc: ModelNotReady) -> ApiError:
+    headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+    return ApiError(503, "model_not_ready", str(exc), headers=headers)
+
+
+async def decode(audio: AudioLanes, data: bytes, param: str | None = None) -> DecodedAudio:
     """Decoded audio for a request, or the `ApiError` that says why not."""
     try:
-        return await engine.decode(data)
+        return await audio.decode(data)
     except UnsupportedFormat as exc:
         raise ApiError(400, "unsupported_format", str(exc), param=param) from None
     except AudioError as exc:
@@ -69,28 +80,28 @@ def warning_headers(audio: DecodedAudio) -> dict[str, str]:
     return {"X-Audio-Warnings": "; ".join(audio.warnings)}
 
 
-def parse_language(engine: Engine, value: str | None) -> str | None:
+def parse_language(slot: ModelSlot, value: str | None) -> str | None:
     """A client's language (code or name) as the code Whisper takes; 400 if unusable."""
     if value is None or not value.strip():
         return None
     try:
         code = language_code(value)
-        engine.check_language(code)
+        slot.check_language(code)
     except (UnknownLanguage, ValueError) as exc:
         raise ApiError(400, "invalid_language", str(exc), param="language") from None
     return code
 
 
-def check_task(engine: Engine, task: str, param: str | None = None) -> None:
+def check_task(slot: ModelSlot, task: str, param: str | None = None) -> None:
     """400 `unsupported_task` for a translation on an English-only model."""
     try:
-        engine.check_task(task)
+        slot.check_task(task)
     except ValueError as exc:
         raise ApiError(400, "unsupported_task", str(exc), param=param) from None
 
 
 async def transcribe_until_disconnect(
-    request: Request, engine: Engine, samples: np.ndarray, options: TranscribeOptions
+    request: Request, slot: ModelSlot, samples: np.ndarray, options: TranscribeOptions
 ) -> Transcript:
     """Transcribe for a request whose body has been read, cancelling the work if the client
     goes away first: its job leaves the scheduler at the next batch and its audio is freed,
@@ -98,9 +109,9 @@ async def transcribe_until_disconnect(
 
     async def work() -> Transcript:
         try:
-            return await engine.transcribe(samples, options)
-        except EngineNotReady as exc:
-            raise ApiError(503, "model_not_ready", str(exc), {"Retry-After": "5"}) from None
+            return await slot.transcribe(samples, options)
+        except ModelNotReady as exc:
+            raise not_ready(exc) from None
 
     async def client_gone() -> None:
         while (await request.receive())["type"] != "http.disconnect":

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from .. import __version__
-from ..engine import Engine, EngineState
+from ..slot import ModelState
+from .deps import MetricsDep, ModelsDep
 
 router = APIRouter(tags=["health"])
 
@@ -26,21 +27,20 @@ class Health(BaseModel):
     summary="Ready check: 200 while requests are accepted, 503 before the start-up load or "
     "after a failed one",
 )
-async def health(request: Request) -> JSONResponse:
-    """`ok`: loaded. `standby`: unloaded (idle, or not loaded at start-up), loads on the next
-    request, so still ready to accept. `loading`: the start-up load (503) or an on-demand one
-    (200). `failed`: the model can't be loaded (503)."""
-    engine: Engine = request.app.state.engine
-    if engine.state is EngineState.FAILED:
-        return JSONResponse({"status": "failed", "error": engine.error}, status_code=503)
-    if not engine.accepting:
+async def health(models: ModelsDep) -> JSONResponse:
+    """The default model's (MODEL_ID) state: `ok`: loaded. `standby`: unloaded (idle, or not
+    loaded at start-up), loads on the next request, so still ready to accept. `loading`: the
+    start-up load (503) or an on-demand one (200). `failed`: it can't be loaded (503). The
+    other models (MODELS) load on demand and don't change it."""
+    default = models.default
+    if default.state is ModelState.FAILED:
+        return JSONResponse({"status": "failed", "error": default.error}, status_code=503)
+    if not default.accepting:
         return JSONResponse({"status": "loading"}, status_code=503, headers={"Retry-After": "5"})
-    status = {EngineState.READY: "ok", EngineState.LOADING: "loading"}.get(engine.state, "standby")
+    status = {ModelState.READY: "ok", ModelState.LOADING: "loading"}.get(default.state, "standby")
     return JSONResponse({"status": status, "version": __version__})
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)
-async def metrics(request: Request) -> Response:
-    return Response(
-        generate_latest(request.app.state.metrics.registry), media_type=CONTENT_TYPE_LATEST
-    )
+async def metrics(metrics: MetricsDep) -> Response:
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

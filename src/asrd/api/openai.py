@@ -28,31 +28,29 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
-from ..engine import Engine, EngineNotReady
 from ..errors import ApiError, openai_error_body
 from ..formats import (
     TEXT_CONTENT_TYPE,
+    render,
     segment_json,
     split_segments,
-    to_srt,
-    to_text,
-    to_verbose_json,
-    to_vtt,
     usage,
     words_json,
 )
 from ..languages import language_name
-from ..models import ModelNames
+from ..registry import ModelNotServed
+from ..slot import ModelNotReady, ModelSlot
 from ..transcript import Segment, TranscribeOptions, Transcript
 from .common import (
     check_task,
     decode,
+    model_slot,
     parse_language,
     read_upload,
-    ready_engine,
     transcribe_until_disconnect,
     warning_headers,
 )
+from .deps import AudioDep, ModelsDep, SettingsDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["OpenAI audio API"])
@@ -70,13 +68,20 @@ class ModelObject(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str
-    # asrd's extensions: what the model can do, and which model an alias means.
+    # asrd's extensions: what the model can do, whether it is in memory, which model an
+    # alias means.
     multilingual: bool = Field(
         description="false: English-only (transcribes English, can't translate)"
     )
     tasks: list[Literal["transcribe", "translate"]] = Field(
         description="`transcribe` (/v1/audio/transcriptions) and, when multilingual, "
         "`translate` (/v1/audio/translations)"
+    )
+    languages: list[str] = Field(description="The languages it takes (ISO 639-1)")
+    loaded: bool = Field(description="In memory now (else it loads on its next request)")
+    default: bool = Field(description="MODEL_ID: used when a request names no model")
+    size_bytes: int = Field(
+        description="Its weights (on disk once found; estimated from the name before)"
     )
     alias_of: str | None = Field(
         None, description="For an alias or another spelling: the served model it names"
@@ -88,47 +93,44 @@ class ModelList(BaseModel):
     data: list[ModelObject]
 
 
-def model_names(request: Request) -> ModelNames:
-    settings = request.app.state.settings
-    return ModelNames(request.app.state.engine.model_id, settings.model_id, settings.model_aliases)
-
-
-def _model_object(request: Request, name: str, names: ModelNames) -> ModelObject:
-    multilingual = request.app.state.engine.multilingual
+def model_object(slot: ModelSlot, name: str | None = None) -> ModelObject:
+    """`slot` as OpenAI's model object, under its own id or `name` (an alias of it)."""
+    name = name or slot.public_id
     return ModelObject(
         id=name,
         created=STARTED,
         owned_by="asrd",
-        multilingual=multilingual,
-        tasks=["transcribe", "translate"] if multilingual else ["transcribe"],
-        alias_of=None if name == names.public_id else names.public_id,
+        multilingual=slot.multilingual,
+        tasks=slot.tasks,  # type: ignore[arg-type]
+        languages=slot.languages,
+        loaded=slot.loaded,
+        default=slot.is_default,
+        size_bytes=slot.weights_bytes,
+        alias_of=None if name == slot.public_id else slot.public_id,
     )
-
-
-def _check_model(request: Request, model: str | None) -> None:
-    if not model:
-        return
-    names = model_names(request)
-    if names.match(model) is None:
-        raise ApiError(404, "model_not_found", names.not_served(model), param="model")
 
 
 @router.get(
     "/models",
     response_model=ModelList,
-    summary="The served model, then its aliases (MODEL_ALIASES)",
+    summary="The served models (MODEL_ID first, then MODELS), then their aliases",
 )
-async def list_models(request: Request) -> ModelList:
-    names = model_names(request)
-    ids = [names.public_id, *names.served_aliases()]
-    return ModelList(data=[_model_object(request, name, names) for name in ids])
+async def list_models(models: ModelsDep) -> ModelList:
+    data = [model_object(slot) for slot in models.slots]
+    for index, slot in enumerate(models.slots):
+        data += [model_object(slot, alias) for alias in models.names.aliases_of(index)]
+    return ModelList(data=data)
 
 
-_NOT_FOUND = {404: {"description": "Not the served model"}}
+_NOT_FOUND = {404: {"description": "Not a served model"}}
 _AUDIO_ERRORS = {
     400: {"description": "Undecodable or empty audio, or invalid parameters"},
-    404: {"description": "`model` is not the served model"},
+    404: {"description": "`model` is not a served model"},
     413: {"description": "Over MAX_UPLOAD_MB, or audio over MAX_AUDIO_S or MAX_DECODE_CPU_S"},
+    503: {
+        "description": "The model can't be loaded now (loading, or no room), or the server "
+        "is busy; see Retry-After"
+    },
 }
 
 
@@ -136,14 +138,15 @@ _AUDIO_ERRORS = {
     "/models/{model_id:path}",
     response_model=ModelObject,
     responses=_NOT_FOUND,
-    summary="One model, or 404 if unknown",
+    summary="One model, or 404 if not served",
 )
-async def get_model(request: Request, model_id: str) -> ModelObject:
+async def get_model(models: ModelsDep, model_id: str) -> ModelObject:
     model_id = model_id.rstrip("/")  # `/v1/models/whisper-1/`
-    names = model_names(request)
-    if names.match(model_id) is None:
-        raise ApiError(404, "model_not_found", names.not_served(model_id), param="model")
-    return _model_object(request, model_id, names)
+    try:
+        slot = models.get(model_id)
+    except ModelNotServed as exc:
+        raise ApiError(404, "model_not_found", str(exc), param="model") from None
+    return model_object(slot, model_id)  # another spelling, or an alias: `alias_of` says
 
 
 _FORM_DOC = {
@@ -232,6 +235,15 @@ class AudioForm:
     ] = None
 
 
+@dataclass
+class Server:
+    """What both audio routes use of the server."""
+
+    models: ModelsDep
+    audio: AudioDep
+    settings: SettingsDep
+
+
 _OK = {200: {"content": {"text/plain": {}, "text/event-stream": {}}}}
 
 
@@ -243,9 +255,10 @@ _OK = {200: {"content": {"text/plain": {}, "text/event-stream": {}}}}
 async def create_transcription(
     request: Request,
     form: Annotated[AudioForm, Depends()],
+    server: Annotated[Server, Depends()],
     language: str | None = Form(None, description=_FORM_DOC["language"]),
 ) -> Response:
-    return await _transcribe(request, "transcribe", form, language)
+    return await _transcribe(request, server, "transcribe", form, language)
 
 
 @router.post(
@@ -256,9 +269,10 @@ async def create_transcription(
 async def create_translation(
     request: Request,
     form: Annotated[AudioForm, Depends()],
+    server: Annotated[Server, Depends()],
     language: str | None = Form(None, description="asrd extension: " + _FORM_DOC["language"]),
 ) -> Response:
-    return await _transcribe(request, "translate", form, language)
+    return await _transcribe(request, server, "translate", form, language)
 
 
 def _granularities(form: AudioForm) -> set[str]:
@@ -329,15 +343,15 @@ async def _refuse_what_asrd_lacks(request: Request, form: AudioForm) -> None:
         )
 
 
-def _language(engine: Engine, language: str | None, form: AudioForm) -> str | None:
+def _language(slot: ModelSlot, language: str | None, form: AudioForm) -> str | None:
     """`language`, or OpenAI's `languages[]`: one is the language; several are each checked
     (a model can't take every one) and the language is detected."""
     if language and language.strip():
-        return parse_language(engine, language)
+        return parse_language(slot, language)
     candidates = [
         code for code in (*(form.languages or ()), *(form.languages_plain or ())) if code.strip()
     ]
-    codes = {parse_language(engine, code) for code in candidates}
+    codes = {parse_language(slot, code) for code in candidates}
     return codes.pop() if len(codes) == 1 else None
 
 
@@ -359,11 +373,12 @@ def _prompt(form: AudioForm) -> str | None:
 
 async def _transcribe(
     request: Request,
+    server: Server,
     task: Literal["transcribe", "translate"],
     form: AudioForm,
     language: str | None,
 ) -> Response:
-    _check_model(request, form.model)
+    slot = model_slot(server.models, form.model)
     granularities = _granularities(form)
     await _refuse_what_asrd_lacks(request, form)
     response_format, stream = form.response_format, form.stream
@@ -375,13 +390,12 @@ async def _transcribe(
             "timestamp_granularities[] with `word` requires response_format `verbose_json`",
             param="timestamp_granularities",
         )
-    engine = ready_engine(request)
-    check_task(engine, task)
-    settings = engine.settings
+    check_task(slot, task)
+    settings = server.settings
     max_s = form.max_segment_s or settings.segment_max_s
     max_chars = form.max_segment_chars or settings.segment_max_chars
     options = TranscribeOptions(
-        language=_language(engine, language, form),
+        language=_language(slot, language, form),
         task=task,
         word_timestamps=with_words or bool(max_s or max_chars),
         prompt=_prompt(form),
@@ -389,7 +403,7 @@ async def _transcribe(
         batch_size=settings.stream_batch_size if stream else None,
     )
     data = await read_upload(form.file, settings, param="file")
-    audio = await decode(engine, data, param="file")
+    audio = await decode(server.audio, data, param="file")
     del data
     headers = warning_headers(audio)
     if form.model and "diarize" in form.model.lower():
@@ -398,7 +412,7 @@ async def _transcribe(
         headers[DIARIZATION_HEADER] = "unsupported"
     if stream:
         # Starlette closes the event generator when the client goes away, stopping the job.
-        events = _events(engine, audio.samples, options, max_s, max_chars)
+        events = _events(slot, audio.samples, options, max_s, max_chars)
         del audio  # the generator holds the samples now (and frees them when it ends)
         return StreamingResponse(
             events,
@@ -407,23 +421,17 @@ async def _transcribe(
         )
     samples = audio.samples
     del audio
-    transcript = await transcribe_until_disconnect(request, engine, samples, options)
+    transcript = await transcribe_until_disconnect(request, slot, samples, options)
     del samples
     transcript.segments = split_segments(transcript.segments, max_s, max_chars)
 
-    if response_format == "json":
-        body = {"text": transcript.text, "usage": usage(transcript)}
-        return JSONResponse(body, headers=headers)
-    if response_format == "verbose_json":
-        body = to_verbose_json(
-            transcript, with_segments="segment" in granularities, with_words=with_words
-        )
-        return JSONResponse(body, headers=headers)
-    segments = transcript.segments
-    rendered = {"text": to_text(transcript), "srt": to_srt(segments), "vtt": to_vtt(segments)}
-    return PlainTextResponse(
-        rendered[response_format], media_type=TEXT_CONTENT_TYPE, headers=headers
-    )
+    rendered = render(
+        transcript, response_format, with_segments="segment" in granularities,
+        with_words=with_words,
+    )  # fmt: skip
+    if isinstance(rendered, dict):
+        return JSONResponse(rendered, headers=headers)
+    return PlainTextResponse(rendered, media_type=TEXT_CONTENT_TYPE, headers=headers)
 
 
 def _sse(payload: dict) -> str:
@@ -431,7 +439,7 @@ def _sse(payload: dict) -> str:
 
 
 async def _events(
-    engine: Engine,
+    slot: ModelSlot,
     samples: object,
     options: TranscribeOptions,
     max_s: float | None,
@@ -441,7 +449,7 @@ async def _events(
     first = True
     count = 0
     try:
-        transcription = engine.stream(samples, options)  # type: ignore[arg-type]
+        transcription = slot.stream(samples, options)  # type: ignore[arg-type]
         # aclosing: a client that goes away closes this generator, which stops the engine.
         async with contextlib.aclosing(transcription) as segments:
             async for item in segments:
@@ -462,7 +470,7 @@ async def _events(
                     yield _sse(_delta(delta, piece, options.word_timestamps))
     except Exception as exc:  # the stream has begun: report in-band, as OpenAI's SDK expects
         log.exception("streamed transcription failed")
-        message = str(exc) if isinstance(exc, EngineNotReady) else "transcription failed"
+        message = str(exc) if isinstance(exc, ModelNotReady) else "transcription failed"
         yield _sse(openai_error_body(500, "transcription_failed", message))
 
 

@@ -16,53 +16,62 @@ from __future__ import annotations
 
 import asyncio
 import io
-import ipaddress
 import zipfile
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, File, Form, Query, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 
 from .. import __version__
 from ..audio import AudioError, UnsupportedFormat
-from ..auth import key_matches
 from ..errors import ApiError
-from ..formats import TEXT_CONTENT_TYPE, to_srt, to_text, to_vtt
+from ..formats import TEXT_CONTENT_TYPE, render
 from ..inputs import UrlNotAllowed, check_url_allowed
-from ..languages import LANGUAGES
 from ..logs import short_id
-from ..tasks import QueueFull, Task, TaskStatus
-from .common import check_task, parse_language, read_upload, ready_engine
+from ..slot import ModelSlot
+from ..tasks import QueueFull, Task, TaskQueue, TaskStatus
+from .admin import from_trusted_proxy, require_admin
+from .common import check_task, model_slot, parse_language, read_upload
+from .deps import AudioDep, ModelsDep, SettingsDep, ShutdownDep, TaskQueueDep, TaskWorkerDep
 
 router = APIRouter(prefix="/api/v1", tags=["task API"])
 
 TASK_ID_DOC = "The id returned when the task was submitted"
 
 
-def _queue(request: Request):
-    return request.app.state.task_queue
-
-
 Kind = Literal["transcribe", "translate"]
 
 
+@dataclass
+class Submitter:
+    """What queueing a task takes of the server."""
+
+    models: ModelsDep
+    audio: AudioDep
+    settings: SettingsDep
+    queue: TaskQueueDep
+    shutdown: ShutdownDep
+
+
 async def _submit(
-    request: Request,
+    server: Submitter,
     kind: Kind,
     file: UploadFile,
     language: str | None,
     callback_url: str | None,
+    model: str | None,
 ) -> tuple[Task, int]:
-    if request.app.state.shutdown.active:  # it would only be failed with `shutting_down`
+    if server.shutdown.active:  # it would only be failed with `shutting_down`
         message = "the server is shutting down; submit the task again shortly"
         raise ApiError(503, "shutting_down", message, headers={"Retry-After": "5"})
-    engine = ready_engine(request)
-    check_task(engine, kind)
-    settings = engine.settings
-    code = parse_language(engine, language)
+    slot = model_slot(server.models, model)
+    check_task(slot, kind)
+    settings = server.settings
+    code = parse_language(slot, language)
     if callback_url:
         try:
             await check_url_allowed(callback_url, settings)
@@ -70,7 +79,7 @@ async def _submit(
             raise ApiError(400, "invalid_callback_url", f"callback_url: {exc}") from None
     data = await read_upload(file, settings)
     try:
-        await engine.probe(data)
+        await server.audio.probe(data)
     except AudioError as exc:
         code = "unsupported_format" if isinstance(exc, UnsupportedFormat) else "invalid_audio"
         raise ApiError(400, code, str(exc)) from None
@@ -80,10 +89,10 @@ async def _submit(
         language=code,
         file_name=file.filename,
         callback_url=callback_url,
-        target_model=engine.model_id,
+        target_model=slot.public_id,
     )
     try:
-        position = await _queue(request).submit(task)
+        position = await server.queue.submit(task)
     except QueueFull as exc:
         raise ApiError(429, "queue_full", str(exc), headers={"Retry-After": "30"}) from None
     return task, position
@@ -93,12 +102,14 @@ _SUBMIT_DOC = {
     "language": "ISO 639-1 code (or English name) of the speech (also accepted as a query "
     "parameter, as the seed takes it); detected when absent",
     "callback_url": "An http(s) URL that gets the finished (or failed) task POSTed as JSON",
+    "model": "The model to use, of those served (GET /v1/models); default MODEL_ID",
 }
 _SUBMIT_ERRORS = {
     400: {
         "description": "No audio in the file, an unknown language or one the model lacks, a "
         "translation on an English-only model, or a refused callback URL"
     },
+    404: {"description": "`model` is not a served model"},
     413: {"description": "Over MAX_UPLOAD_MB"},
     429: {
         "description": "The queue is full (MAX_TASK_QUEUE_SIZE or MAX_QUEUE_MB); see Retry-After"
@@ -116,14 +127,15 @@ _SEED_SUBMIT_RESPONSES = {
     summary="Queue a file (the seed's route: 200; asrd's own is POST /api/v1/tasks)",
 )
 async def submit_transcription(
-    request: Request,
+    server: Annotated[Submitter, Depends()],
     file: UploadFile = File(description="The audio file"),
     language: str | None = Form(None, description=_SUBMIT_DOC["language"]),
     callback_url: str | None = Form(None, description=_SUBMIT_DOC["callback_url"]),
+    model: str | None = Form(None, description=_SUBMIT_DOC["model"], max_length=512),
     language_query: str | None = Query(None, alias="language", include_in_schema=False),
 ) -> JSONResponse:
     task, position = await _submit(
-        request, "transcribe", file, language or language_query, callback_url
+        server, "transcribe", file, language or language_query, callback_url, model
     )
     return JSONResponse(task.to_json(position))
 
@@ -134,14 +146,15 @@ async def submit_transcription(
     summary="Queue a file to translate into English (the seed's route: 200)",
 )
 async def submit_translation(
-    request: Request,
+    server: Annotated[Submitter, Depends()],
     file: UploadFile = File(description="The audio file"),
     language: str | None = Form(None, description=_SUBMIT_DOC["language"]),
     callback_url: str | None = Form(None, description=_SUBMIT_DOC["callback_url"]),
+    model: str | None = Form(None, description=_SUBMIT_DOC["model"], max_length=512),
     language_query: str | None = Query(None, alias="language", include_in_schema=False),
 ) -> JSONResponse:
     task, position = await _submit(
-        request, "translate", file, language or language_query, callback_url
+        server, "translate", file, language or language_query, callback_url, model
     )
     return JSONResponse(task.to_json(position))
 
@@ -156,13 +169,14 @@ async def submit_translation(
     summary="Queue a file to transcribe or translate",
 )
 async def create_task(
-    request: Request,
+    server: Annotated[Submitter, Depends()],
     file: UploadFile = File(description="The audio file"),
     task: Kind = Form("transcribe", description="`transcribe`, or `translate` into English"),
     language: str | None = Form(None, description=_SUBMIT_DOC["language"]),
     callback_url: str | None = Form(None, description=_SUBMIT_DOC["callback_url"]),
+    model: str | None = Form(None, description=_SUBMIT_DOC["model"], max_length=512),
 ) -> JSONResponse:
-    created, position = await _submit(request, task, file, language, callback_url)
+    created, position = await _submit(server, task, file, language, callback_url, model)
     return JSONResponse(
         created.to_json(position),
         status_code=202,
@@ -173,16 +187,16 @@ async def create_task(
 _GONE = "no such task (unknown, cancelled or expired)"
 
 
-async def _find(request: Request, task_id: str, status: int) -> tuple[Task, int | None]:
+async def _find(queue: TaskQueue, task_id: str, status: int) -> tuple[Task, int | None]:
     """The task, or `status` (404 on asrd's routes, 400 on the seed's) if there is none."""
-    found = await _queue(request).get(task_id)
+    found = await queue.get(task_id)
     if found is None:
         raise ApiError(status, "task_not_found", _GONE)
     return found
 
 
-async def _task_json(request: Request, task_id: str, status: int) -> JSONResponse:
-    task, position = await _find(request, task_id, status)
+async def _task_json(queue: TaskQueue, task_id: str, status: int) -> JSONResponse:
+    task, position = await _find(queue, task_id, status)
     return JSONResponse(task.to_json(position))
 
 
@@ -197,8 +211,8 @@ _SEED_NOT_FOUND = {
     responses=_NOT_FOUND,
     summary="A task: its state, position, result or error",
 )
-async def get_task(request: Request, task_id: str) -> JSONResponse:
-    return await _task_json(request, task_id, 404)
+async def get_task(queue: TaskQueueDep, task_id: str) -> JSONResponse:
+    return await _task_json(queue, task_id, 404)
 
 
 @router.get(
@@ -207,9 +221,9 @@ async def get_task(request: Request, task_id: str) -> JSONResponse:
     summary="A task (the seed's form of GET /api/v1/tasks/{task_id}; 400 if unknown)",
 )
 async def get_status(
-    request: Request, task_id: str = Query(description=TASK_ID_DOC)
+    queue: TaskQueueDep, task_id: str = Query(description=TASK_ID_DOC)
 ) -> JSONResponse:
-    return await _task_json(request, task_id, 400)
+    return await _task_json(queue, task_id, 400)
 
 
 @router.delete(
@@ -217,8 +231,8 @@ async def get_status(
     responses=_NOT_FOUND,
     summary="Cancel a pending or running task, or drop a result",
 )
-async def delete_task(request: Request, task_id: str) -> JSONResponse:
-    task = await _queue(request).remove(task_id)
+async def delete_task(queue: TaskQueueDep, task_id: str) -> JSONResponse:
+    task = await queue.remove(task_id)
     if task is None:
         raise ApiError(404, "task_not_found", _GONE)
     action = "deleted" if task.done else "cancelled"
@@ -226,17 +240,12 @@ async def delete_task(request: Request, task_id: str) -> JSONResponse:
 
 
 Format = Literal["txt", "srt", "vtt"]
-_RENDER = {
-    "txt": to_text,
-    "srt": lambda t: to_srt(t.segments),
-    "vtt": lambda t: to_vtt(t.segments),
-}
 
 
 async def _download(
-    request: Request, task_id: str, extension: Format, *, missing: int, unfinished: int
+    queue: TaskQueue, task_id: str, extension: Format, *, missing: int, unfinished: int
 ) -> Response:
-    task, _ = await _find(request, task_id, missing)
+    task, _ = await _find(queue, task_id, missing)
     if task.status is not TaskStatus.FINISHED or task.transcript is None:
         raise ApiError(
             unfinished,
@@ -246,7 +255,7 @@ async def _download(
     transcript = task.transcript
     stem = Path(task.file_name or "transcript").stem or "transcript"
     return PlainTextResponse(
-        _RENDER[extension](transcript),
+        render(transcript, "text" if extension == "txt" else extension),
         media_type=TEXT_CONTENT_TYPE,
         headers={"Content-Disposition": attachment(f"{stem}_{transcript.language}.{extension}")},
     )
@@ -283,12 +292,12 @@ _DOWNLOAD_ERRORS = {
     responses=_DOWNLOAD_ERRORS,
     summary="Download a finished task's text, SubRip or WebVTT subtitles",
 )
-async def download_task(request: Request, task_id: str, fmt: Format) -> Response:
-    return await _download(request, task_id, fmt, missing=404, unfinished=409)
+async def download_task(queue: TaskQueueDep, task_id: str, fmt: Format) -> Response:
+    return await _download(queue, task_id, fmt, missing=404, unfinished=409)
 
 
-async def _seed_download(request: Request, task_id: str, fmt: Format) -> Response:
-    return await _download(request, task_id, fmt, missing=400, unfinished=400)
+async def _seed_download(queue: TaskQueue, task_id: str, fmt: Format) -> Response:
+    return await _download(queue, task_id, fmt, missing=400, unfinished=400)
 
 
 @router.get(
@@ -297,8 +306,10 @@ async def _seed_download(request: Request, task_id: str, fmt: Format) -> Respons
     responses=_SEED_DOWNLOAD_ERRORS,
     summary="Download a finished task's text",
 )
-async def download_txt(request: Request, task_id: str = Query(description=TASK_ID_DOC)) -> Response:
-    return await _seed_download(request, task_id, "txt")
+async def download_txt(
+    queue: TaskQueueDep, task_id: str = Query(description=TASK_ID_DOC)
+) -> Response:
+    return await _seed_download(queue, task_id, "txt")
 
 
 @router.get(
@@ -307,8 +318,10 @@ async def download_txt(request: Request, task_id: str = Query(description=TASK_I
     responses=_SEED_DOWNLOAD_ERRORS,
     summary="Download a finished task's subtitles (SubRip)",
 )
-async def download_srt(request: Request, task_id: str = Query(description=TASK_ID_DOC)) -> Response:
-    return await _seed_download(request, task_id, "srt")
+async def download_srt(
+    queue: TaskQueueDep, task_id: str = Query(description=TASK_ID_DOC)
+) -> Response:
+    return await _seed_download(queue, task_id, "srt")
 
 
 @router.get(
@@ -317,8 +330,10 @@ async def download_srt(request: Request, task_id: str = Query(description=TASK_I
     responses=_SEED_DOWNLOAD_ERRORS,
     summary="Download a finished task's subtitles (WebVTT)",
 )
-async def download_vtt(request: Request, task_id: str = Query(description=TASK_ID_DOC)) -> Response:
-    return await _seed_download(request, task_id, "vtt")
+async def download_vtt(
+    queue: TaskQueueDep, task_id: str = Query(description=TASK_ID_DOC)
+) -> Response:
+    return await _seed_download(queue, task_id, "vtt")
 
 
 # --- the model and the server -------------------------------------------------------------
@@ -328,39 +343,52 @@ def _iso_now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 
 
-@router.get("/decoder_status", summary="Model, device, loaded or not, what it can do, queue")
-async def decoder_status(request: Request) -> JSONResponse:
-    """Live (asrd has no decoder process to ask), so `received_at` is always now. The seed's
-    fields (`gpu_mode`, `max_model_to_use`, `last_loaded_model_size`, `is_model_loaded`,
-    `tasks_in_queue`, `currently_busy`, `received_at`) are beside asrd's; `multilingual`,
-    `tasks` and `languages` say what the model can do: an English-only model (`*.en`)
-    transcribes English only and can't translate."""
-    engine = request.app.state.engine
-    counts = await _queue(request).counts()
-    worker = request.app.state.task_worker
-    multilingual = engine.multilingual
+def model_status(slot: ModelSlot) -> dict:
+    """One model as `decoder_status` and `/api/ps` report it."""
+    return {
+        "model": slot.public_id,
+        "default": slot.is_default,
+        "device": slot.device.device,
+        "compute_type": slot.device.compute_type,
+        "state": str(slot.state),
+        "model_loaded": slot.loaded,
+        "multilingual": slot.multilingual,
+        "english_only": not slot.multilingual,
+        "tasks": slot.tasks,
+        "languages": slot.languages,
+        "busy": slot.busy,
+        "ttl_s": slot.ttl_s,
+        "size_bytes": slot.weights_bytes,
+    }
+
+
+@router.get("/decoder_status", summary="The models, device, what they can do, the queue")
+async def decoder_status(
+    models: ModelsDep, queue: TaskQueueDep, worker: TaskWorkerDep, settings: SettingsDep
+) -> JSONResponse:
+    """Live (asrd has no decoder process to ask), so `received_at` is always now. The top
+    level describes the default model (MODEL_ID) with the seed's fields (`gpu_mode`,
+    `max_model_to_use`, `last_loaded_model_size`, `is_model_loaded`, `tasks_in_queue`,
+    `currently_busy`, `received_at`) beside asrd's; `models` lists every served model.
+    `multilingual`, `tasks` and `languages` say what a model can do: an English-only model
+    (`*.en`) transcribes English only and can't translate."""
+    default = models.default
+    counts = await queue.counts()
     return JSONResponse(
         {
-            "model": engine.model_id,
-            "device": engine.device.device,
-            "compute_type": engine.device.compute_type,
-            "state": str(engine.state),
-            "model_loaded": engine.loaded,
-            "multilingual": multilingual,
-            "english_only": not multilingual,
-            "tasks": ["transcribe", "translate"] if multilingual else ["transcribe"],
-            "languages": sorted(LANGUAGES) if multilingual else ["en"],
+            **model_status(default),
+            "models": [model_status(slot) for slot in models.slots],
             "tasks_in_queue": counts["pending"],
             "tasks_processing": counts["processing"],
             "results_kept": counts["finished"] + counts["failed"],
-            "max_task_queue_size": engine.settings.max_task_queue_size,
-            "currently_busy": engine.busy,
+            "max_task_queue_size": settings.max_task_queue_size,
+            "currently_busy": any(slot.busy for slot in models.slots),
             "current_task": short_id(worker.current.id) if worker.current else None,
             # The seed's names.
-            "is_model_loaded": engine.loaded,
-            "gpu_mode": engine.device.device == "cuda",
-            "max_model_to_use": engine.model_id,
-            "last_loaded_model_size": engine.model_id if engine.loaded_once else None,
+            "is_model_loaded": default.loaded,
+            "gpu_mode": default.device.device == "cuda",
+            "max_model_to_use": default.public_id,
+            "last_loaded_model_size": default.public_id if default.loaded_once else None,
             "received_at": _iso_now(),
         }
     )
@@ -407,7 +435,7 @@ async def userinfo(request: Request) -> dict:
     (`X-Forwarded-Preferred-Username`), believed only when the request comes from a proxy in
     TRUSTED_PROXIES (its TCP address; no header proves it): from anyone else they are null and
     `authenticated` is false. `user_agent` is the request's own."""
-    trusted = _from_trusted_proxy(request)
+    trusted = from_trusted_proxy(request)
     info: dict[str, str | bool | None] = {}
     for field, names in _USER_HEADERS.items():
         values = (request.headers.get(name, "").strip() for name in names)
@@ -452,37 +480,6 @@ async def login(
 
 
 # --- logs, for admins only -----------------------------------------------------------------
-
-
-def require_admin(request: Request) -> None:
-    """Admin: an ADMIN_API_KEYS key, or an AUTHORIZED_MAILS `X-Email` set by a proxy in
-    TRUSTED_PROXIES. The proxy check is on the TCP peer, so `Host`, `X-Forwarded-For` and the
-    like prove nothing."""
-    settings = request.app.state.settings
-    authorization = request.headers.get("authorization", "")
-    key = request.headers.get("x-api-key") or (
-        authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
-    )
-    if key_matches(key, settings.admin_api_keys):
-        return
-    email = request.headers.get("x-email", "").strip().lower()
-    if email and email in settings.authorized_mails and _from_trusted_proxy(request):
-        return
-    if not key and not email:
-        raise ApiError(401, "unauthorized", "admin credentials required")
-    raise ApiError(403, "forbidden", "not allowed")
-
-
-def _from_trusted_proxy(request: Request) -> bool:
-    peer = request.client.host if request.client else None
-    if not peer:
-        return False
-    try:
-        address = ipaddress.ip_address(peer)
-    except ValueError:
-        return False
-    networks = request.app.state.settings.trusted_proxies
-    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
 
 
 @router.get(

@@ -1,5 +1,5 @@
-"""The task worker: takes tasks in FIFO order and runs them on the engine. A task that fails
-(corrupt audio, an engine error) is marked `failed` with its reason, and the next one runs:
+"""The task worker: takes tasks in FIFO order and runs each on the model it asked for. A task
+that fails (corrupt audio, a model error) is marked `failed` with its reason, and the next one runs:
 nothing a task does can stop the loop."""
 
 from __future__ import annotations
@@ -11,10 +11,13 @@ import logging
 import httpx
 
 from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
+from ..audio_lanes import AudioLanes
 from ..budget import BudgetExceeded
-from ..engine import Engine, EngineNotReady
+from ..config import Settings
 from ..inputs import UrlNotAllowed, send_checked
 from ..logs import short_id
+from ..registry import ModelNotServed, ModelRegistry
+from ..slot import ModelNotReady
 from ..transcript import TranscribeOptions, Transcript
 from .model import Task, TaskStatus
 from .queue import TaskQueue
@@ -37,8 +40,10 @@ def _failure_code(exc: Exception) -> str:
 
 
 class TaskWorker:
-    def __init__(self, queue: TaskQueue, engine: Engine):
-        self.queue, self.engine = queue, engine
+    def __init__(
+        self, queue: TaskQueue, models: ModelRegistry, audio: AudioLanes, settings: Settings
+    ):
+        self.queue, self.models, self.audio, self.settings = queue, models, audio, settings
         self.current: Task | None = None
         self.idle = asyncio.Event()  # set while no task runs (shutdown waits for it)
         self.idle.set()
@@ -88,21 +93,26 @@ class TaskWorker:
         options = TranscribeOptions(language=task.language, task=task.type)
         transcript: Transcript | None = None
         try:
+            slot = self.models.get(task.target_model)
+        except ModelNotServed as exc:  # served when it was queued (by another replica, say)
+            await self.queue.fail(task, "model_not_found", str(exc))
+            return
+        try:
             # Streamed, so a cancelled task stops at the next window instead of running on.
-            async with contextlib.aclosing(self.engine.stream(samples, options)) as stream:
+            async with contextlib.aclosing(slot.stream(samples, options)) as stream:
                 async for item in stream:
                     if task.cancelled:
                         break
                     if isinstance(item, Transcript):
                         transcript = item
-        except EngineNotReady as exc:
+        except ModelNotReady as exc:
             await self.queue.fail(task, "model_not_ready", str(exc))
             return
         if task.cancelled or transcript is None:
             log.info("task %s: cancelled", short_id(task.id))
             return
         # The model and device that ran it (a GPU that failed to load falls back to the CPU).
-        task.used_model, task.used_device = self.engine.model_id, self.engine.device.device
+        task.used_model, task.used_device = slot.public_id, slot.device.device
         await self.queue.finish(task, transcript)
         log.info(
             "task %s: finished, %.1f s of audio in %.1f s",
@@ -116,7 +126,7 @@ class TaskWorker:
         for it, where a request would get 503); None if the task is cancelled meanwhile."""
         while True:
             try:
-                return await self.engine.decode(audio)
+                return await self.audio.decode(audio)
             except BudgetExceeded as exc:
                 if not exc.fits_ever:
                     raise
@@ -127,7 +137,7 @@ class TaskWorker:
     async def _post_callback(self, task: Task) -> None:
         """POST the finished task to its `callback_url` (checked again: DNS may have changed)."""
         assert task.callback_url
-        settings = self.engine.settings
+        settings = self.settings
         body = task.to_json(position=None)
         status = "no answer"
         try:

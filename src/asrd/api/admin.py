@@ -1,0 +1,41 @@
+"""Who is an admin: the log download and model management need one."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from fastapi import Request
+
+from ..auth import key_matches
+from ..errors import ApiError
+
+
+def require_admin(request: Request) -> None:
+    """Admin: an ADMIN_API_KEYS key, or an AUTHORIZED_MAILS `X-Email` set by a proxy in
+    TRUSTED_PROXIES. The proxy check is on the TCP peer, so `Host`, `X-Forwarded-For` and the
+    like prove nothing."""
+    settings = request.app.state.settings
+    authorization = request.headers.get("authorization", "")
+    key = request.headers.get("x-api-key") or (
+        authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
+    )
+    if key_matches(key, settings.admin_api_keys):
+        return
+    email = request.headers.get("x-email", "").strip().lower()
+    if email and email in settings.authorized_mails and from_trusted_proxy(request):
+        return
+    if not key and not email:
+        raise ApiError(401, "unauthorized", "admin credentials required")
+    raise ApiError(403, "forbidden", "not allowed")
+
+
+def from_trusted_proxy(request: Request) -> bool:
+    peer = request.client.host if request.client else None
+    if not peer:
+        return False
+    try:
+        address = ipaddress.ip_address(peer)
+    except ValueError:
+        return False
+    networks = request.app.state.settings.trusted_proxies
+    return any(address in ipaddress.ip_network(net, strict=False) for net in networks)
