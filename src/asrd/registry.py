@@ -133,7 +133,7 @@ class ModelRegistry:
 
     def _in_the_way(self, slot: ModelSlot) -> ModelSlot | bool | None:
         """None: `slot` fits; a model to unload first; False: every model in the way is busy."""
-        others = [s for s in self.slots if s is not slot and (s.loaded or s._load_task)]
+        others = [s for s in self.slots if s is not slot and (s.loaded or s.loading)]
         limit = self.settings.max_loaded_models
         fits = limit is None or len(others) < limit
         budget = self.settings.max_loaded_models_mb

@@ -118,6 +118,10 @@ class ModelSlot:
         return self.state is not ModelState.FAILED and not self.starting
 
     @property
+    def loading(self) -> bool:
+        return self._load_task is not None and not self._load_task.done()
+
+    @property
     def busy(self) -> bool:
         return self._active_jobs > 0
 
@@ -248,7 +252,7 @@ class ModelSlot:
     def unload(self) -> None:
         """Unload now, on the event loop (no request starts meanwhile, so the state and the
         model change together); `ModelInUse` if it has work."""
-        if self._active_jobs or self.scheduler.job_count or self._load_task is not None:
+        if self._active_jobs or self.scheduler.job_count or self.loading:
             raise ModelInUse(f"the model {self.public_id} is in use")
         if self._unload_timer:
             self._unload_timer.cancel()
@@ -265,7 +269,7 @@ class ModelSlot:
         self._unload_timer = None
         if self._active_jobs or self._model is None:
             return  # work arrived after the unload was scheduled
-        if self.scheduler.job_count:  # cancelled jobs still leaving the inference thread
+        if self.scheduler.job_count or self.loading:  # cancelled jobs still leaving the thread
             self._unload_timer = asyncio.get_running_loop().call_later(0.1, self._unload_if_idle)
             return
         self.unload()

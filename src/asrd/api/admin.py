@@ -8,13 +8,13 @@ from fastapi import Request
 
 from ..auth import key_matches
 from ..errors import ApiError
+from .deps import SettingsDep
 
 
-def require_admin(request: Request) -> None:
+def require_admin(request: Request, settings: SettingsDep) -> None:
     """Admin: an ADMIN_API_KEYS key, or an AUTHORIZED_MAILS `X-Email` set by a proxy in
     TRUSTED_PROXIES. The proxy check is on the TCP peer, so `Host`, `X-Forwarded-For` and the
     like prove nothing."""
-    settings = request.app.state.settings
     authorization = request.headers.get("authorization", "")
     key = request.headers.get("x-api-key") or (
         authorization[7:].strip() if authorization.lower().startswith("bearer ") else ""
@@ -22,14 +22,15 @@ def require_admin(request: Request) -> None:
     if key_matches(key, settings.admin_api_keys):
         return
     email = request.headers.get("x-email", "").strip().lower()
-    if email and email in settings.authorized_mails and from_trusted_proxy(request):
+    trusted = from_trusted_proxy(request, settings.trusted_proxies)
+    if email and email in settings.authorized_mails and trusted:
         return
     if not key and not email:
         raise ApiError(401, "unauthorized", "admin credentials required")
     raise ApiError(403, "forbidden", "not allowed")
 
 
-def from_trusted_proxy(request: Request) -> bool:
+def from_trusted_proxy(request: Request, networks: list[str]) -> bool:
     peer = request.client.host if request.client else None
     if not peer:
         return False
@@ -37,5 +38,4 @@ def from_trusted_proxy(request: Request) -> bool:
         address = ipaddress.ip_address(peer)
     except ValueError:
         return False
-    networks = request.app.state.settings.trusted_proxies
     return any(address in ipaddress.ip_network(net, strict=False) for net in networks)

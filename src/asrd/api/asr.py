@@ -64,10 +64,12 @@ _ERRORS = {
         400: "Undecodable or empty audio, a format that is not audio, a malformed URL, or an "
         "unknown language",
         403: "A server path outside LOCAL_FILE_DIRS",
+        404: "`model` is not a served model",
         413: "Audio over MAX_UPLOAD_MB, MAX_AUDIO_S or MAX_DECODE_CPU_S",
         422: "A JSON object without a string `url`, or a form without a `file`",
         502: "Downloading the URL failed",
-        503: "The model is not loaded yet, or the decoded-audio budget is full",
+        503: "The model can't be loaded now (loading, or no room), or the decoded-audio budget "
+        "is full; see Retry-After",
         504: "Downloading the URL timed out",
     }.items()
 }

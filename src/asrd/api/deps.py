@@ -15,38 +15,38 @@ from ..shutdown import ShutdownState
 from ..tasks import TaskQueue, TaskWorker
 
 
-def _settings(request: Request) -> Settings:
+def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def _models(request: Request) -> ModelRegistry:
+def get_models(request: Request) -> ModelRegistry:
     return request.app.state.models
 
 
-def _audio(request: Request) -> AudioLanes:
+def get_audio(request: Request) -> AudioLanes:
     return request.app.state.audio
 
 
-def _task_queue(request: Request) -> TaskQueue:
+def get_task_queue(request: Request) -> TaskQueue:
     return request.app.state.task_queue
 
 
-def _task_worker(request: Request) -> TaskWorker:
+def get_task_worker(request: Request) -> TaskWorker:
     return request.app.state.task_worker
 
 
-def _metrics(request: Request) -> Metrics:
+def get_metrics(request: Request) -> Metrics:
     return request.app.state.metrics
 
 
-def _shutdown(request: Request) -> ShutdownState:
+def get_shutdown(request: Request) -> ShutdownState:
     return request.app.state.shutdown
 
 
-SettingsDep = Annotated[Settings, Depends(_settings)]
-ModelsDep = Annotated[ModelRegistry, Depends(_models)]
-AudioDep = Annotated[AudioLanes, Depends(_audio)]
-TaskQueueDep = Annotated[TaskQueue, Depends(_task_queue)]
-TaskWorkerDep = Annotated[TaskWorker, Depends(_task_worker)]
-MetricsDep = Annotated[Metrics, Depends(_metrics)]
-ShutdownDep = Annotated[ShutdownState, Depends(_shutdown)]
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
+AudioDep = Annotated[AudioLanes, Depends(get_audio)]
+TaskQueueDep = Annotated[TaskQueue, Depends(get_task_queue)]
+TaskWorkerDep = Annotated[TaskWorker, Depends(get_task_worker)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+ShutdownDep = Annotated[ShutdownState, Depends(get_shutdown)]

@@ -428,14 +428,14 @@ _USER_HEADERS = {
     "/userinfo",
     summary="Who the authenticating proxy says the user is (only from TRUSTED_PROXIES)",
 )
-async def userinfo(request: Request) -> dict:
+async def userinfo(request: Request, settings: SettingsDep) -> dict:
     """The user an authenticating reverse proxy (oauth2-proxy, or nginx with `auth_request`)
     names in its headers: `user` (`X-Forwarded-User`, or `X-User`), `email`
     (`X-Forwarded-Email`, or `X-Email`), `preferred_username`
     (`X-Forwarded-Preferred-Username`), believed only when the request comes from a proxy in
     TRUSTED_PROXIES (its TCP address; no header proves it): from anyone else they are null and
     `authenticated` is false. `user_agent` is the request's own."""
-    trusted = from_trusted_proxy(request)
+    trusted = from_trusted_proxy(request, settings.trusted_proxies)
     info: dict[str, str | bool | None] = {}
     for field, names in _USER_HEADERS.items():
         values = (request.headers.get(name, "").strip() for name in names)
@@ -492,10 +492,9 @@ async def login(
         403: {"description": "Credentials that are not an admin's"},
         404: {"description": "File logging is off (LOG_DIR is not set)"},
     },
+    dependencies=[Depends(require_admin)],
 )
-async def download_logs(request: Request) -> Response:
-    require_admin(request)
-    settings = request.app.state.settings
+async def download_logs(settings: SettingsDep) -> Response:
     if settings.log_dir is None:
         raise ApiError(404, "no_log_files", "file logging is off (LOG_DIR is not set)")
     archive = await asyncio.to_thread(_zip_logs, settings.log_dir, settings.log_file)
