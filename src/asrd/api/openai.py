@@ -16,6 +16,7 @@ other format is served as plain transcription, with `X-Diarization: unsupported`
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
@@ -24,7 +25,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -37,7 +38,8 @@ from ..formats import (
     usage,
     words_json,
 )
-from ..languages import language_name
+from ..languages import LANGUAGES, language_name
+from ..models import canonical_name, estimated_size, local_models
 from ..registry import ModelNotServed
 from ..slot import ModelNotReady, ModelSlot
 from ..transcript import Segment, TranscribeOptions, Transcript
@@ -86,6 +88,11 @@ class ModelObject(BaseModel):
     alias_of: str | None = Field(
         None, description="For an alias or another spelling: the served model it names"
     )
+    served: bool = Field(
+        True,
+        description="false: on this machine (CACHE_DIR, or an installed package) but not in "
+        "MODEL_ID or MODELS, so requests can't use it (listed with `?available=true`)",
+    )
 
 
 class ModelList(BaseModel):
@@ -115,11 +122,36 @@ def model_object(slot: ModelSlot, name: str | None = None) -> ModelObject:
     response_model=ModelList,
     summary="The served models (MODEL_ID first, then MODELS), then their aliases",
 )
-async def list_models(models: ModelsDep) -> ModelList:
+async def list_models(
+    models: ModelsDep,
+    settings: SettingsDep,
+    available: bool = Query(
+        False, description="Also the models on this machine that are not served (`served` false)"
+    ),
+) -> ModelList:
     data = [model_object(slot) for slot in models.slots]
     for index, slot in enumerate(models.slots):
         data += [model_object(slot, alias) for alias in models.names.aliases_of(index)]
+    if available:
+        on_disk = await asyncio.to_thread(local_models, settings.cache_dir)
+        data += [_unserved(name) for name in on_disk if models.names.find(name) is None]
     return ModelList(data=data)
+
+
+def _unserved(model_id: str) -> ModelObject:
+    multilingual = not canonical_name(model_id).lower().endswith(".en")
+    return ModelObject(
+        id=model_id,
+        created=STARTED,
+        owned_by="asrd",
+        multilingual=multilingual,
+        tasks=["transcribe", "translate"] if multilingual else ["transcribe"],
+        languages=sorted(LANGUAGES) if multilingual else ["en"],
+        loaded=False,
+        default=False,
+        size_bytes=estimated_size(model_id),
+        served=False,
+    )
 
 
 _NOT_FOUND = {404: {"description": "Not a served model"}}
