@@ -8,9 +8,10 @@ reference is each model's half run alone, with the same 8 clients, on a server t
 model only; their times add up to what the two halves cost one after the other. asrd with both
 models, the requests interleaved, should take no longer: ratio = (alone_a + alone_b) / mixed.
 
-Memory: RSS of the one-model server (tiny.en) after its half; of the two-model server after the
-mixed run; and of the two-model server once `base` is unloaded (DELETE /api/ps/base), which
-should be back within 50 MB of the one-model figure.
+Memory, all in the two-model server's process: RSS after tiny.en's half alone (base not
+loaded yet: the one-model figure), after the mixed run (both loaded), and once `base` is
+unloaded (DELETE /api/ps/base), which should be back within 50 MB of the one-model figure.
+(The one-model server's RSS is reported too; it did half the work, so it is lower.)
 Writes bench/results/models.json.
 """
 
@@ -42,16 +43,11 @@ def rss_mb(pid: int) -> float:
 
 
 def start(models: list[str], name: str) -> AsrdServer:
-    env = {"MODEL_ID": models[0], "MODELS": ",".join(models[1:]),
-           "PRELOAD_MODELS": ",".join(models[1:]), "LOG_LEVEL": "WARNING",
+    env = {"MODEL_ID": models[0], "MODELS": ",".join(models[1:]), "LOG_LEVEL": "WARNING",
            "ADMIN_API_KEYS": "bench-admin"}  # fmt: skip
     RESULTS.mkdir(parents=True, exist_ok=True)
     server = AsrdServer(env, RESULTS / f"asrd-models-{name}.log")
     server.wait_ready()
-    deadline = time.monotonic() + 300
-    while set(models) - set(httpx.get(f"{server.url}/api/ps", headers=ADMIN).json()["models"]):
-        assert time.monotonic() < deadline, "preloading never finished"
-        time.sleep(0.2)
     return server
 
 
@@ -90,20 +86,23 @@ def main() -> None:
     mixed = [(clip, (first, second)[i % 2]) for i, clip in enumerate(clips)]
     halves = {model: [(c, m) for c, m in mixed if m == model] for model in (first, second)}
 
-    alone, rss_one = {}, None
+    alone, rss_one_server = {}, None
     for model in (first, second):
         server = start([model], model)
         try:
             run(server.url, halves[model][:2])  # warm
             alone[model] = run(server.url, halves[model])
             if model == first:
-                rss_one = rss_mb(server.process.pid)
+                rss_one_server = rss_mb(server.process.pid)
         finally:
             server.stop()
 
     server = start([first, second], "both")
     try:
-        run(server.url, mixed[:4])  # warm
+        run(server.url, halves[first])  # the first model alone: the one-model figure
+        time.sleep(2)  # idle: memory given back
+        rss_one = rss_mb(server.process.pid)
+        run(server.url, mixed[:4])  # loads the second model, warms both
         both = run(server.url, mixed)
         rss_both = rss_mb(server.process.pid)
         unloaded = httpx.delete(f"{server.url}/api/ps/{second}", headers=ADMIN, timeout=60)
@@ -122,6 +121,7 @@ def main() -> None:
         "both_interleaved": both,
         "throughput_ratio_vs_one_model_per_server": sequential / both["wall_s"],
         "rss_mb": {
+            f"one_model_server_{first}": rss_one_server,
             f"one_model_{first}": rss_one,
             "both_loaded": rss_both,
             f"after_unloading_{second}": rss_after_unload,

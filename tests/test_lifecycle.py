@@ -326,3 +326,20 @@ def test_sigterm_during_a_model_download(tmp_path: Path) -> None:
     assert code == 0, server.log()
     assert exited < 2 + 2, exited
     assert "exiting with work still running in asrd-loader" in server.log()
+
+
+def test_asrd_download_fetches_ahead_with_a_progress_bar(tmp_path: Path) -> None:
+    """`asrd download` puts a model into CACHE_DIR for servers that start offline later."""
+    cache = tmp_path / "cache"
+    with FakeHub("ok", rate=40e6) as hub:
+        env = {**os.environ, **hub_env(hub, cache)}
+        result = subprocess.run([sys.executable, "-m", "asrd", "download", HUB_REPO, "no-such"],
+                                env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 1, result.stderr  # one of the two failed
+    assert f"{HUB_REPO}: {cache}" in result.stdout and " MB" in result.stderr
+    assert "asrd: no-such: unknown model" in result.stderr
+    # Offline now (no hub at all): the server finds it in the cache.
+    offline = {**hub_env(hub, cache), "HF_HUB_OFFLINE": "1", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    with AsrdServer(offline, tmp_path / "asrd.log") as server:
+        response = httpx.post(f"{server.url}/asr", content=JFK.read(), timeout=60)
+    assert wer(JFK.transcript, response.json()["text"]) <= 0.15
