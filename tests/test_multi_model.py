@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -48,6 +48,18 @@ def refused(response: httpx.Response, status: int, code: str | None = None) -> d
     error = response.json()["error"]
     assert error["message"] and (code is None or error["code"] == code), error
     return error
+
+
+def keep_tiny_busy(pool: ThreadPoolExecutor, url: str) -> Future:
+    """A long transcription on tiny.en, in progress when this returns (its future)."""
+    long_audio = encode(long_english_audio(repeats=1)[0], "flac")
+    running = pool.submit(httpx.post, f"{url}/asr", content=long_audio, timeout=120)
+    deadline = time.monotonic() + 20
+    while metric(httpx.get(f"{url}/metrics").text,
+                 'asrd_transcriptions_in_progress{model="tiny.en"}') == 0:  # fmt: skip
+        assert time.monotonic() < deadline and not running.done()
+        time.sleep(0.05)
+    return running
 
 
 def loaded(server: AsrdServer) -> list[str]:
@@ -190,14 +202,8 @@ def test_admins_load_and_unload(pair: AsrdServer) -> None:
     assert httpx.delete(f"{url}/api/ps/base", headers=ADMIN).json()["status"] == "not_loaded"
     assert_error(httpx.post(f"{url}/api/ps/large-v3", headers=ADMIN), 404, "model_not_found")
     # In use: 409, and the transcription is not disturbed.
-    long_audio = encode(long_english_audio(repeats=1)[0], "flac")
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(httpx.post, f"{url}/asr", content=long_audio, timeout=120)
-        deadline = time.monotonic() + 20
-        while metric(httpx.get(f"{url}/metrics").text,
-                     'asrd_transcriptions_in_progress{model="tiny.en"}') == 0:  # fmt: skip
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        running = keep_tiny_busy(pool, url)
         assert_error(httpx.delete(f"{url}/api/ps/tiny.en", headers=ADMIN), 409, "model_in_use")
         assert running.result().status_code == 200
     # A model on disk: a bundled one needs no download; a local directory is not asrd's.
@@ -228,14 +234,8 @@ def test_the_least_recently_used_idle_model_is_evicted(one_at_a_time: AsrdServer
 
 def test_no_room_while_the_loaded_model_is_busy_is_a_503(one_at_a_time: AsrdServer) -> None:
     url = one_at_a_time.url
-    long_audio = encode(long_english_audio(repeats=1)[0], "flac")
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(httpx.post, f"{url}/asr", content=long_audio, timeout=120)
-        deadline = time.monotonic() + 20
-        while metric(httpx.get(f"{url}/metrics").text,
-                     'asrd_transcriptions_in_progress{model="tiny.en"}') == 0:  # fmt: skip
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        running = keep_tiny_busy(pool, url)
         refused = httpx.post(f"{url}/asr", params={"model": "base"}, content=JFK.read())
         error = assert_error(refused, 503, "model_not_ready")
         assert "MAX_LOADED_MODELS" in error["message"] and refused.headers["Retry-After"]
