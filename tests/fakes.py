@@ -16,7 +16,7 @@ from asrd.app import create_app
 from asrd.config import load_settings
 from asrd.devices import DeviceChoice
 from asrd.models import ModelNames
-from asrd.registry import ModelNotServed
+from asrd.registry import ModelRegistry
 from asrd.slot import ModelNotReady, ModelState
 from asrd.transcript import Segment, TranscribeOptions, Transcript, Word
 
@@ -88,13 +88,7 @@ class FakeRegistry:
     def default(self) -> FakeSlot:
         return self.slots[0]
 
-    def get(self, name: str | None) -> FakeSlot:
-        if not name or not name.strip():
-            return self.default
-        index = self.names.find(name)
-        if index is None:
-            raise ModelNotServed(self.names.not_served(name))
-        return self.slots[index]
+    get = ModelRegistry.get  # the real lookup, over these slots and names
 
     @property
     def loaded(self) -> list[FakeSlot]:
