@@ -3,22 +3,79 @@
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 import platform
 import subprocess
 import sys
+from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import httpx
+import jiwer
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "tests"))
 
-from conftest import CLIPS, AsrdServer, encode, long_english_audio, wer  # noqa: E402
+from conftest import CLIPS, AsrdServer, Clip, encode, long_english_audio  # noqa: E402
 
 __all__ = ["CLIPS", "RESULTS", "ROOT", "AsrdServer", "encode", "long_english_audio", "wer"]
+
+# The workplace's shared speech (more clips than tests/data holds), used where it exists.
+SHARED_AUDIO = ROOT.parent / "shared" / "audio"
+VARIANT_TAGS = ("transcoded", "_8k", "_44k", "law", "_16k")
+
+
+@dataclass(frozen=True)
+class SharedClip(Clip):
+    folder: Path = SHARED_AUDIO
+
+    @property
+    def path(self) -> Path:
+        return self.folder / self.name
+
+
+def speech_clips(language: str = "en", shortest: float = 0.0, longest: float = 1e9) -> list:
+    """Distinct real clips (no transcoded variants) in `language`, from tests/data and, where
+    present, the shared audio: sorted by name, so every run sends the same ones."""
+    found: dict[str, Clip] = {}
+    manifest = SHARED_AUDIO / "manifest.tsv"
+    if manifest.exists():
+        with manifest.open(newline="") as file:
+            for row in csv.DictReader(file, delimiter="\t", quoting=csv.QUOTE_NONE):
+                name, seconds = row["file"], float(row["duration_s"])
+                found[Path(name).name] = SharedClip(
+                    name, row["transcript"], row["language"], seconds
+                )
+    for clip in CLIPS.values():
+        found.setdefault(clip.name, clip)
+    return [
+        clip
+        for name, clip in sorted(found.items())
+        if clip.language == language
+        and shortest <= clip.duration <= longest
+        and not any(tag in name for tag in VARIANT_TAGS)
+    ]
+
+
+_normaliser = None
+
+
+def normalise(text: str) -> str:
+    """Whisper's English text normaliser (spelling, numbers, punctuation)."""
+    global _normaliser
+    if _normaliser is None:
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        _normaliser = EnglishTextNormalizer()
+    return _normaliser(text)
+
+
+def wer(reference: str, hypothesis: str) -> float:
+    """Corpus WER after Whisper's English normaliser on both sides."""
+    return jiwer.wer(normalise(reference), normalise(hypothesis) or "<empty>")
 
 
 def machine() -> dict:
@@ -87,14 +144,17 @@ class Target:
     def pid(self) -> int | None:
         return self.server.process.pid if self.server else None
 
-    def transcribe(self, audio: bytes, name: str = "audio.flac") -> str:
+    def transcribe(
+        self, audio: bytes, name: str = "audio.flac", language: str | None = None
+    ) -> str:
+        given = {"language": language} if language else {}
         if self.flavor == "asr":
-            response = self.http.post("/asr", content=audio)
+            response = self.http.post("/asr", content=audio, params=given)
         else:
             response = self.http.post(
                 "/v1/audio/transcriptions",
                 files={"file": (name, audio)},
-                data={"model": self.model, "response_format": "json"},
+                data={"model": self.model, "response_format": "json", **given},
             )
         response.raise_for_status()
         return response.json()["text"]

@@ -32,6 +32,12 @@ def test_metrics_count_requests_audio_and_batches(client: httpx.Client) -> None:
     assert metric(after, "asrd_model_loaded") == 1
     assert metric(after, "asrd_task_queue_depth") == 0
     assert 'route="/asr"' in after and "asrd_request_duration_seconds_bucket" in after
+    # Where the time went (the profile's source): the encoder, the decoder, VAD, decoding.
+    for stage in ("encode", "decode", "features", "check"):
+        seconds = f'asrd_engine_seconds_total{{model="tiny.en",stage="{stage}"}}'
+        assert metric(after, seconds) > 0, stage
+    for stage in ("decode", "vad"):
+        assert metric(after, f'asrd_audio_processing_seconds_total{{stage="{stage}"}}') > 0
 
 
 def test_requests_beyond_the_limit_get_503_at_once(tmp_path: Path) -> None:

@@ -68,6 +68,7 @@ def create_app(
         for slot in models.slots:
             metrics.watch_model(slot)
         metrics.watch_queue(lambda: queue.depth)
+        metrics.watch_audio(audio)
         metrics.watch_budget("decoded_audio", lambda: audio.budget.used)
 
         async def load() -> None:

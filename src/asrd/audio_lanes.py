@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -44,6 +45,11 @@ class AudioLanes:
         # decodings that are waiting for memory).
         self._long = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-long")
         self._long_vad = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-long-vad")
+        self.on_stage: Callable[[str, float], None] | None = None  # metrics: decode, vad
+
+    def _timed(self, stage: str, started: float) -> None:
+        if self.on_stage is not None:
+            self.on_stage(stage, time.perf_counter() - started)
 
     async def decode(self, data: bytes, *, wait_s: float | None = None) -> DecodedAudio:
         """Decode audio bytes to int16 samples (see `audio.decode`), within MAX_AUDIO_S,
@@ -91,6 +97,7 @@ class AudioLanes:
             if short and seconds > LONG_AUDIO_S:
                 raise _LongAudio  # says so: straight to the long lane
 
+        started = time.perf_counter()
         try:
             audio = decode(
                 data,
@@ -103,6 +110,8 @@ class AudioLanes:
         except BaseException:
             reservation.release()
             raise
+        finally:
+            self._timed("decode", started)
         reservation.hold_until_freed(audio.samples)
         return audio
 
@@ -114,7 +123,15 @@ class AudioLanes:
         """Run `cut(samples)` (VAD: the windows of a job) in the lane for its length."""
         long_audio = len(samples) > LONG_AUDIO_S * SAMPLE_RATE
         lane = self._long_vad if long_audio else self._short
-        return await asyncio.get_running_loop().run_in_executor(lane, cut, samples)
+
+        def timed_cut(samples: np.ndarray) -> T:
+            started = time.perf_counter()
+            try:
+                return cut(samples)
+            finally:
+                self._timed("vad", started)
+
+        return await asyncio.get_running_loop().run_in_executor(lane, timed_cut, samples)
 
     def close(self) -> None:
         for pool in (self._short, self._long, self._long_vad):

@@ -14,6 +14,7 @@ from .errors import send_error
 from .logs import escape, request_target
 
 if TYPE_CHECKING:
+    from .audio_lanes import AudioLanes
     from .slot import ModelSlot
 
 ACCESS = logging.getLogger("asrd.access")
@@ -67,6 +68,16 @@ class Metrics:
             "Transcriptions the model is working on or will take next (all routes)", ["model"],
             registry=r,
         )  # fmt: skip
+        self.engine_seconds = Counter(
+            "asrd_engine_seconds",
+            "Seconds a model's scheduler thread spent per stage (see docs/operations.md)",
+            ["model", "stage"], registry=r,
+        )  # fmt: skip
+        self.audio_processing = Counter(
+            "asrd_audio_processing_seconds",
+            "Seconds spent decoding audio and finding its speech (VAD), all models",
+            ["stage"], registry=r,
+        )  # fmt: skip
         self.queue_depth = Gauge("asrd_task_queue_depth", "Tasks waiting", registry=r)
 
         self.memory = Gauge(
@@ -95,6 +106,12 @@ class Metrics:
 
         slot.on_transcribed = transcribed
         slot.on_load = lambda _seconds: loads.inc()
+        engine = self.engine_seconds
+        slot.scheduler.clock.on_stage = lambda stage, s: engine.labels(model, stage).inc(s)
+
+    def watch_audio(self, lanes: AudioLanes) -> None:
+        """Report the audio threads' decoding and VAD time."""
+        lanes.on_stage = lambda stage, s: self.audio_processing.labels(stage).inc(s)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
         self.queue_depth.set_function(depth)

@@ -10,11 +10,12 @@ handed out window by window as they complete (streaming).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 from ..compute import ComputeGate
@@ -23,8 +24,9 @@ from .batching import RoundRobin, batch_key, newcomers, pick_batch, preemptible,
 from .memory import release_free_memory
 from .packing import Pack, pack_batch
 from .queues import drop_if_cancelled, emit, fail, settle, swap_in, take
-from .results import JobResult
+from .results import Decoded, JobResult
 from .settings import DecodeSettings
+from .timing import StageClock
 from .whisper import Whisper
 from .windows import Job, Window
 
@@ -53,8 +55,10 @@ class Scheduler:
         self._in_flight: list[Window] = []
         self._thread: threading.Thread | None = None
         self.on_batch: Callable[[int], None] | None = None  # metrics hook
+        self.clock = StageClock()
         self.batches = 0
         self.batch_windows = 0
+        self.inputs = 0  # model inputs encoded for batches (a pack of short windows is one)
 
     # --- called from other threads -----------------------------------------------------------
 
@@ -116,7 +120,8 @@ class Scheduler:
                 return None
             if self._intake and self._queued() < self.settings.batch_size:
                 # New work arrived: give its neighbours a moment to arrive too.
-                self._wakeup.wait(self.settings.batch_wait_ms / 1000)
+                with self.clock.stage("gather"):
+                    self._wakeup.wait(self.settings.batch_wait_ms / 1000)
             arrived = list(self._intake)
             self._intake.clear()
             return arrived
@@ -126,7 +131,7 @@ class Scheduler:
 
     def _step(self, arrived: list[Job]) -> None:
         # One turn on the compute per batch (admission may detect a language: model work too).
-        with self.gate.turn():
+        with self.clock.step(), self._turn():
             for job in arrived:
                 self._admit(job)
             batch = self._pick_batch()
@@ -136,10 +141,18 @@ class Scheduler:
         # audio) now, not when the next request comes.
         self._drop_cancelled()
 
+    @contextlib.contextmanager
+    def _turn(self) -> Iterator[None]:
+        """A turn on the compute; the wait for it is timed."""
+        asked = time.perf_counter()
+        with self.gate.turn():
+            self.clock.add("gate", time.perf_counter() - asked)
+            yield
+
     def _whisper(self) -> Whisper:
         if self.model is None:
             raise RuntimeError("the model is not loaded")
-        return Whisper(self.model)
+        return Whisper(self.model, self.clock)
 
     # --- admission ---------------------------------------------------------------------------
 
@@ -193,8 +206,14 @@ class Scheduler:
                   len(packs), temperature(batch[0]), time.perf_counter() - started)  # fmt: skip
         self.batches += 1
         self.batch_windows += windows
+        self.inputs += len(packs)
         if self.on_batch is not None:
             self.on_batch(windows)
+        with self.clock.stage("check"):
+            self._settle(packs, decoded)
+
+    def _settle(self, packs: list[Pack], decoded: list[Decoded]) -> None:
+        """Check the decoded inputs, then hand out what is complete, in order."""
         for pack, result in zip(packs, decoded, strict=True):
             try:
                 settle(pack, result, self.settings)

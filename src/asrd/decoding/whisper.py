@@ -18,6 +18,7 @@ from ..audio import SAMPLE_RATE, to_float32
 from .packing import PACK_GAP_S, Pack, layout
 from .results import Decoded, DecodedSegment, WindowOutput, compression_ratio
 from .settings import N_FRAMES, WINDOW_S, DecodeSettings
+from .timing import StageClock
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ MakeRoom = Callable[[list[Pack], list[Pack]], list[Pack]]
 class Whisper:
     """A loaded faster-whisper model, as the scheduler uses it."""
 
-    def __init__(self, model: WhisperModel):
+    def __init__(self, model: WhisperModel, clock: StageClock | None = None):
         self.model = model
+        self.clock = clock if clock is not None else StageClock()
 
     @property
     def multilingual(self) -> bool:
@@ -51,9 +53,10 @@ class Whisper:
         part = samples[int(start * SAMPLE_RATE) : int(end * SAMPLE_RATE)]
         return self._mel(to_float32(part))
 
-    def _mel(self, chunk: np.ndarray) -> np.ndarray:
-        padding = max(0, int(WINDOW_S * SAMPLE_RATE) - len(chunk)) + 160
-        return self.model.feature_extractor(chunk, padding=padding)[:, :N_FRAMES]
+    def _mel(self, chunk: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
+        hop = self.model.feature_extractor.hop_length
+        padding = max(0, frames * hop - len(chunk)) + hop
+        return self.model.feature_extractor(chunk[: frames * hop], padding=padding)[:, :frames]
 
     def pack_features(self, pack: Pack) -> np.ndarray:
         """A model input's features: a window's, or a pack's parts 2 s of silence apart."""
@@ -69,14 +72,16 @@ class Whisper:
 
     def encode(self, packs: list[Pack], step: int) -> ctranslate2.StorageView:
         """All inputs, `step` at a time on a CPU (all at once on a GPU)."""
-        features = np.stack([self.pack_features(pack) for pack in packs])
-        if step >= len(features) or self.model.model.device != "cpu":
-            return self.model.encode(features)
-        parts = [
-            np.array(self.model.encode(features[i : i + step]))
-            for i in range(0, len(features), step)
-        ]
-        return ctranslate2.StorageView.from_array(np.concatenate(parts))
+        with self.clock.stage("features"):
+            features = np.stack([self.pack_features(pack) for pack in packs])
+        with self.clock.stage("encode"):
+            if step >= len(features) or self.model.model.device != "cpu":
+                return self.model.encode(features)
+            parts = [
+                np.array(self.model.encode(features[i : i + step]))
+                for i in range(0, len(features), step)
+            ]
+            return ctranslate2.StorageView.from_array(np.concatenate(parts))
 
     def encode_each(
         self, packs: list[Pack], make_room: MakeRoom
@@ -91,20 +96,36 @@ class Whisper:
             if done:
                 waiting = make_room(waiting, done)
             pack = waiting.pop(0)
-            parts.append(np.array(self.model.encode(self.pack_features(pack)[None])))
+            with self.clock.stage("features"):
+                features = self.pack_features(pack)[None]
+            with self.clock.stage("encode"):
+                parts.append(np.array(self.model.encode(features)))
             done.append(pack)
         return done, ctranslate2.StorageView.from_array(np.concatenate(parts))
 
     # --- language -----------------------------------------------------------------------------
 
-    def detect_language(self, features: np.ndarray) -> tuple[str, float]:
-        """The language of one window's features (an encoder pass of its own)."""
-        language, probability, _ = self.model.detect_language(features=features)
-        return language, probability
+    def detect_language(
+        self, samples: np.ndarray, start: float, end: float, seconds: float = WINDOW_S
+    ) -> tuple[str, float]:
+        """The most likely language of the audio from `start` to `end` and its probability,
+        from an encoder pass of its own over its first `seconds`. The encoder takes inputs
+        shorter than 30 s, and their cost falls faster than their length: 10 s cost ~8x less
+        than 30 s, and are as reliable where the answer is sure (decoding from them is not)."""
+        with self.clock.stage("detect"):
+            part = samples[int(start * SAMPLE_RATE) : int(min(end, start + seconds) * SAMPLE_RATE)]
+            frames = min(N_FRAMES, round(seconds * self.model.frames_per_second))
+            features = self._mel(to_float32(part), frames)
+            encoded = self.model.encode(np.ascontiguousarray(features[None]))
+            return self._languages(encoded)[0]
 
     def languages(self, encoder_output: ctranslate2.StorageView) -> list[tuple[str, float]]:
         """Each input's most likely language and its probability, from its encoder output
         (no extra encoder pass, unlike faster-whisper's separate detection)."""
+        with self.clock.stage("detect"):
+            return self._languages(encoder_output)
+
+    def _languages(self, encoder_output: ctranslate2.StorageView) -> list[tuple[str, float]]:
         found = self.model.model.detect_language(encoder_output)
         return [(token[2:-2], float(p)) for token, p in (f[0] for f in found)]  # "<|fr|>"
 
@@ -132,18 +153,19 @@ class Whisper:
         else:
             sampling = dict(beam_size=settings.beam_size)
         started = time.perf_counter()
-        results = model.model.generate(
-            encoder_output,
-            prompts,
-            length_penalty=1,
-            max_length=model.max_length,
-            suppress_blank=True,
-            suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
-            return_scores=True,
-            return_no_speech_prob=True,
-            max_initial_timestamp_index=int(1.0 / model.time_precision),
-            **sampling,
-        )
+        with self.clock.stage("decode"):
+            results = model.model.generate(
+                encoder_output,
+                prompts,
+                length_penalty=1,
+                max_length=model.max_length,
+                suppress_blank=True,
+                suppress_tokens=get_suppressed_tokens(tokenizers[0], [-1]),
+                return_scores=True,
+                return_no_speech_prob=True,
+                max_initial_timestamp_index=int(1.0 / model.time_precision),
+                **sampling,
+            )
         log.debug("decoder: %d inputs in %.2f s", len(packs), time.perf_counter() - started)
         outputs = [
             self._output(result, tokenizer)
@@ -155,21 +177,33 @@ class Whisper:
             for output, tokenizer, (start, end) in zip(outputs, tokenizers, spans, strict=True)
         ]
         if packs[0][0].job.options.word_timestamps:  # never packed, language known
-            model.add_word_timestamps(
-                subsegments,
-                tokenizers[0],
-                encoder_output,
-                [int(np.ceil(p[0].end - p[0].start) * model.frames_per_second) for p in packs],
-                PREPEND_PUNCTUATIONS,
-                APPEND_PUNCTUATIONS,
-                0.0,
-            )
+            with self.clock.stage("align"):
+                self._align(subsegments, tokenizers[0], encoder_output, packs)
         return [
             Decoded(output, self._segments(subs, output, tokenizer, start, end, temperature))
             for output, subs, tokenizer, (start, end) in zip(
                 outputs, subsegments, tokenizers, spans, strict=True
             )
         ]
+
+    def _align(
+        self,
+        subsegments: list[list[dict]],
+        tokenizer: Tokenizer,
+        encoder_output: ctranslate2.StorageView,
+        packs: list[Pack],
+    ) -> None:
+        """Word timings, added to `subsegments` in place (faster-whisper's alignment)."""
+        fps = self.model.frames_per_second
+        self.model.add_word_timestamps(
+            subsegments,
+            tokenizer,
+            encoder_output,
+            [int(np.ceil(p[0].end - p[0].start) * fps) for p in packs],
+            PREPEND_PUNCTUATIONS,
+            APPEND_PUNCTUATIONS,
+            0.0,
+        )
 
     @staticmethod
     def _output(
