@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import ctranslate2
 
 from .config import ConfigError, Settings
+from .cuda_libraries import load_pip_cuda_libraries
 from .decoding import DecodeSettings
 
 
@@ -25,6 +26,8 @@ class DeviceChoice:
 
 def choose_device(settings: Settings) -> DeviceChoice:
     """Apply `DEVICE`, `USE_GPU_IF_AVAILABLE`, `COMPUTE_TYPE` and `FLASH_ATTENTION_2`."""
+    if settings.device == "cuda" or (settings.device == "auto" and settings.use_gpu_if_available):
+        load_pip_cuda_libraries()
     has_cuda = ctranslate2.get_cuda_device_count() > 0
     notes = []
     if settings.device == "cuda" and not has_cuda:
