@@ -88,3 +88,26 @@ def test_a_newcomer_takes_the_place_of_the_inputs_not_encoded_yet() -> None:
     assert encode_next == [[newcomer.windows[0]]]
     assert list(long.pending) == long.windows[1:]  # the windows not encoded went back, in order
     assert newcomer.windows[0] in scheduler._in_flight and not scheduler._intake
+
+
+def test_newcomers_join_at_every_pass_and_earlier_ones_keep_their_place() -> None:
+    """Short requests arrive one after another while a long file's batch is being encoded:
+    each joins at the next pass, the long file's inputs not encoded yet make room, and the
+    newcomers already in the batch keep their place."""
+    scheduler = Scheduler(DecodeSettings(batch_size=4, pack_windows=False))
+    scheduler._whisper = FakeWhisper  # type: ignore[method-assign]
+    long = job(6)
+    admitted(scheduler, long)
+    batch = scheduler._pick_batch()
+    done, waiting = [[batch[0]]], [[w] for w in batch[1:]]
+    first, other, last = job(1), job(1), job(1)
+    scheduler.submit(first)
+    scheduler.submit(other)
+    waiting = scheduler._let_newcomers_in(waiting, done)
+    assert waiting == [[first.windows[0]], [other.windows[0]]]
+    assert list(long.pending) == long.windows[1:]  # back in their queue, in order
+    done.append(waiting.pop(0))  # `first` is encoded; `last` arrives
+    scheduler.submit(last)
+    waiting = scheduler._let_newcomers_in(waiting, done)
+    assert waiting == [[other.windows[0]], [last.windows[0]]]
+    assert {w for j in (first, other, last) for w in j.windows} <= set(scheduler._in_flight)

@@ -74,9 +74,9 @@ def pick_batch(order: list[Job], settings: DecodeSettings) -> list[Window]:
     return batch
 
 
-def preemptible(waiting: list[list[Window]]) -> bool:
-    """Only windows of long requests (several windows) give way to newcomers."""
-    return all(len(window.job.windows) > 1 for pack in waiting for window in pack)
+def preemptible(pack: list[Window]) -> bool:
+    """Only inputs of long requests (several windows) give way to newcomers."""
+    return all(len(window.job.windows) > 1 for window in pack)
 
 
 def newcomers(arrived: list[Job], key: BatchKey) -> list[Job]:

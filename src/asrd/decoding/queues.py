@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 
+from .batching import preemptible
 from .checks import Final, Retry, SecondPass, Silence, Solo, Verdict, check_pack, check_window
 from .packing import Pack, pack_batch
 from .results import Decoded, DecodedSegment
@@ -32,14 +33,16 @@ def requeue(packs: list[Pack]) -> None:
 def swap_in(
     joining: list[Window], waiting: list[Pack], done: int, settings: DecodeSettings
 ) -> list[Pack]:
-    """Newcomers' windows (`joining`) take the place of the batch's `waiting` inputs, which
-    go back to their queues: the inputs to encode next, as many as the batch has room for
-    after the `done` ones (the rest are queued again)."""
-    requeue(waiting)
-    capacity = max(1, settings.batch_size - done)
+    """Newcomers' windows (`joining`) take the place of the batch's `waiting` inputs of long
+    requests, which go back to their queues: the inputs to encode next are the other waiting
+    ones (short requests, earlier newcomers), then the newcomers', as many as the batch has
+    room for after the `done` ones (the rest are queued again)."""
+    kept = [pack for pack in waiting if not preemptible(pack)]
+    requeue([pack for pack in waiting if preemptible(pack)])
+    capacity = max(0, settings.batch_size - done - len(kept))
     fresh = pack_batch(joining, settings)
     requeue(fresh[capacity:])
-    return fresh[:capacity]
+    return kept + fresh[:capacity]
 
 
 def settle(pack: Pack, decoded: Decoded, settings: DecodeSettings) -> None:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from ..compute import ComputeGate
 from . import language
-from .batching import RoundRobin, batch_key, newcomers, pick_batch, preemptible, temperature
+from .batching import RoundRobin, batch_key, newcomers, pick_batch, temperature
 from .memory import release_free_memory
 from .packing import Pack, pack_batch
 from .queues import drop_if_cancelled, emit, fail, settle, swap_in, take
@@ -202,8 +202,9 @@ class Scheduler:
                 fail(job, exc)
             return
         windows = sum(map(len, packs))
-        log.debug("batch of %d windows in %d inputs at temperature %.1f: %.2f s", windows,
-                  len(packs), temperature(batch[0]), time.perf_counter() - started)  # fmt: skip
+        log.debug("batch of %d windows in %d inputs %s at temperature %.1f: %.2f s", windows,
+                  len(packs), [len(p) for p in packs], temperature(batch[0]),
+                  time.perf_counter() - started)  # fmt: skip
         self.batches += 1
         self.batch_windows += windows
         self.inputs += len(packs)
@@ -226,25 +227,23 @@ class Scheduler:
                 self._finish(job)
 
     def _encode(self, whisper: Whisper, packs: list[Pack]) -> tuple[list[Pack], StorageView]:
-        """Encode the batch's inputs. On a CPU they are encoded one at a time, and a request
-        that arrives meanwhile joins this batch (once): the inputs not encoded yet go back to
-        their queues to make room, so a newcomer waits at most one encoder pass, not a whole
-        batch."""
+        """Encode the batch's inputs. On a CPU they are encoded one at a time, and requests
+        that arrive meanwhile join this batch at the next pass: the long requests' inputs not
+        encoded yet go back to their queues to make room, so a newcomer waits at most one
+        encoder pass, not a whole batch of a long file's windows."""
         if not whisper.encodes_one_at_a_time(self.settings):
             return packs, whisper.encode(packs, self.settings.encode_batch_size)
-        joined = False
 
         def room_for_newcomers(waiting: list[Pack], done: list[Pack]) -> list[Pack]:
-            nonlocal joined
-            if joined or not self._intake or not preemptible(waiting):
+            if not self._intake:
                 return waiting
-            joined = True
             return self._let_newcomers_in(waiting, done)
 
         return whisper.encode_each(packs, room_for_newcomers)
 
     def _let_newcomers_in(self, waiting: list[Pack], done: list[Pack]) -> list[Pack]:
-        """Admit newcomers; their first windows replace this batch's inputs not yet encoded."""
+        """Admit newcomers; their first windows take the place of this batch's inputs of long
+        requests not encoded yet, as far as the batch has room."""
         with self._wakeup:
             arrived = list(self._intake)
             self._intake.clear()
@@ -254,8 +253,9 @@ class Scheduler:
         joining = [job.pending.popleft() for job in newcomers(admitted, batch_key(done[0][0]))]
         if not joining:
             return waiting
-        self._in_flight += joining
-        return swap_in(joining, waiting, len(done), self.settings)
+        encode_next = swap_in(joining, waiting, len(done), self.settings)
+        self._in_flight += [window for pack in encode_next for window in pack if window in joining]
+        return encode_next
 
     def _finish(self, job: Job) -> None:
         if job in self._jobs:
