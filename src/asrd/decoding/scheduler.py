@@ -202,9 +202,9 @@ class Scheduler:
                 fail(job, exc)
             return
         windows = sum(map(len, packs))
-        log.debug("batch of %d windows in %d inputs %s at temperature %.1f: %.2f s", windows,
-                  len(packs), [len(p) for p in packs], temperature(batch[0]),
-                  time.perf_counter() - started)  # fmt: skip
+        log.debug("batch of %d windows in %d inputs at temperature %.1f: %.2f s (parts %s)",
+                  windows, len(packs), temperature(batch[0]), time.perf_counter() - started,
+                  [len(p) for p in packs])  # fmt: skip
         self.batches += 1
         self.batch_windows += windows
         self.inputs += len(packs)
