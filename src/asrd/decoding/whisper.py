@@ -17,7 +17,7 @@ from faster_whisper.transcribe import get_suppressed_tokens
 from ..audio import SAMPLE_RATE, to_float32
 from .packing import PACK_GAP_S, Pack, layout
 from .results import Decoded, DecodedSegment, WindowOutput, compression_ratio
-from .settings import N_FRAMES, WINDOW_S, DecodeSettings
+from .settings import N_FRAMES, DecodeSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +52,11 @@ class Whisper:
         return self._mel(to_float32(part))
 
     def _mel(self, chunk: np.ndarray) -> np.ndarray:
-        padding = max(0, int(WINDOW_S * SAMPLE_RATE) - len(chunk)) + 160
-        return self.model.feature_extractor(chunk, padding=padding)[:, :N_FRAMES]
+        """The chunk's log-mel, padded to 30 s with zeros in log-mel space, as faster-whisper's
+        sequential `transcribe` pads it. (Zero samples before the log-mel, as openai-whisper
+        pads, sit at the log floor instead: base's short-clip WER 3.5% -> 4.3%, bench/README.)"""
+        features = self.model.feature_extractor(chunk, padding=160)[:, :-1][:, :N_FRAMES]
+        return np.pad(features, ((0, 0), (0, N_FRAMES - features.shape[-1])))
 
     def pack_features(self, pack: Pack) -> np.ndarray:
         """A model input's features: a window's, or a pack's parts 2 s of silence apart."""
