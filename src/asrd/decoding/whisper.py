@@ -54,9 +54,14 @@ class Whisper:
         return self._mel(to_float32(part))
 
     def _mel(self, chunk: np.ndarray, frames: int = N_FRAMES) -> np.ndarray:
+        """The chunk's log-mel (`frames` of it), padded with zeros in log-mel space, as
+        faster-whisper's sequential `transcribe` pads it. (Zero samples before the log-mel, as
+        openai-whisper pads, sit at the log floor instead: base's short-clip WER 3.5% -> 4.3%,
+        bench/README.)"""
         hop = self.model.feature_extractor.hop_length
-        padding = max(0, frames * hop - len(chunk)) + hop
-        return self.model.feature_extractor(chunk[: frames * hop], padding=padding)[:, :frames]
+        features = self.model.feature_extractor(chunk[: frames * hop], padding=hop)[:, :-1]
+        features = features[:, :frames]
+        return np.pad(features, ((0, 0), (0, frames - features.shape[-1])))
 
     def pack_features(self, pack: Pack) -> np.ndarray:
         """A model input's features: a window's, or a pack's parts 2 s of silence apart."""
