@@ -242,8 +242,8 @@ class Scheduler:
         return whisper.encode_each(packs, room_for_newcomers)
 
     def _let_newcomers_in(self, waiting: list[Pack], done: list[Pack]) -> list[Pack]:
-        """Admit newcomers; their first windows take the place of this batch's inputs of long
-        requests not encoded yet, as far as the batch has room."""
+        """Admit newcomers; their first windows join this batch where `swap_in` finds them
+        room (a short pack not encoded yet, or a long request's input not encoded yet)."""
         with self._wakeup:
             arrived = list(self._intake)
             self._intake.clear()
@@ -253,7 +253,7 @@ class Scheduler:
         joining = [job.pending.popleft() for job in newcomers(admitted, batch_key(done[0][0]))]
         if not joining:
             return waiting
-        encode_next = swap_in(joining, waiting, len(done), self.settings)
+        encode_next = swap_in(joining, waiting, done, self.settings)
         self._in_flight += [window for pack in encode_next for window in pack if window in joining]
         return encode_next
 
