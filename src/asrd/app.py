@@ -9,8 +9,9 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
@@ -19,7 +20,7 @@ from .audio_lanes import AudioLanes
 from .auth import ApiKeyMiddleware
 from .budget import MemoryBudget
 from .config import Settings, load_settings
-from .errors import document_errors, install_error_handlers
+from .errors import document_errors, error_response, install_error_handlers
 from .limits import (
     FORM_LIMITS,
     BodySizeLimitMiddleware,
@@ -31,7 +32,9 @@ from .registry import ModelRegistry
 from .shutdown import ShutdownMiddleware, ShutdownState
 from .slashes import TrailingSlashMiddleware
 from .slot import ModelState
-from .tasks import MemoryTaskQueue, TaskWorker
+from .tasks import MemoryTaskQueue, QueueUnavailable, TaskQueue, TaskWorker
+from .tasks.factory import create_queue
+from .tasks.queue import ANNOUNCE_S
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ def create_app(
     """Build the app. The model loads in the background after start-up; `/hc` says when it's
     ready. `on_load_failure` is called with the reason if it can't load (the CLI exits then)."""
     settings = settings or load_settings()
+    if settings.role == "api":  # no model for tasks; the sync routes load one on demand
+        settings = settings.model_copy(update={"load_model_on_startup": False})
     metrics = Metrics()
     # Begun by the server when SIGTERM/SIGINT arrives (or by the lifespan's end without one).
     shutdown = ShutdownState(settings.shutdown_grace_s)
@@ -55,19 +60,15 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         audio = AudioLanes(settings)
         models = ModelRegistry(settings, audio)
-        queue = MemoryTaskQueue(
-            max_pending=settings.max_task_queue_size,
-            max_pending_bytes=int(settings.max_queue_mb * 1024 * 1024),
-            ttl_s=settings.delete_results_after_m * 60,
-            refresh_on_read=settings.refresh_expiration_time_on_usage,
-            max_results=settings.max_stored_results,
-        )
-        worker = TaskWorker(queue, models, audio, settings)
+        queue = create_queue(settings)
+        # ROLE=api runs no tasks: they wait in Redis for the workers.
+        worker = TaskWorker(queue, models, audio, settings) if settings.role != "api" else None
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
         for slot in models.slots:
             metrics.watch_model(slot)
-        metrics.watch_queue(lambda: queue.depth)
+        if isinstance(queue, MemoryTaskQueue):
+            metrics.watch_queue(lambda: queue.depth)
         metrics.watch_audio(audio)
         metrics.watch_budget("decoded_audio", lambda: audio.budget.used)
 
@@ -80,15 +81,18 @@ def create_app(
         async def stop_tasks() -> None:
             # As soon as the shutdown begins: no new task starts, the waiting ones fail.
             await shutdown.started.wait()
-            worker.stop()
-            await worker.fail_pending()
+            if worker is not None:
+                worker.stop()
+                await worker.fail_pending()
 
         background = [
             asyncio.create_task(load()),
-            asyncio.create_task(worker.run()),
             asyncio.create_task(stop_tasks()),
+            asyncio.create_task(_watch_cluster(queue, worker, metrics)),
         ]
-        if settings.run_result_expiry_check_m > 0:
+        if worker is not None:
+            background.append(asyncio.create_task(worker.run()))
+        if settings.run_result_expiry_check_m > 0 and settings.role != "worker":
             background.append(
                 asyncio.create_task(_sweep(queue, settings.run_result_expiry_check_m * 60))
             )
@@ -97,12 +101,14 @@ def create_app(
         finally:
             # The running task may finish within what is left of SHUTDOWN_GRACE_S (counted
             # from the start of the shutdown, which requests in progress shared); tasks
-            # submitted meanwhile fail; a task still running then is cut (and fails).
+            # submitted meanwhile fail; a task still running then is cut (and fails, or goes
+            # back to a shared queue for another worker).
             shutdown.begin()
-            worker.stop()
-            await worker.fail_pending()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.idle.wait(), shutdown.remaining())
+            if worker is not None:
+                worker.stop()
+                await worker.fail_pending()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.idle.wait(), shutdown.remaining())
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -111,6 +117,7 @@ def create_app(
             until = time.monotonic() + shutdown.overtime(1.0)
             while models.job_count and time.monotonic() < until:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+            await queue.close()
             models.close()
             audio.close()
 
@@ -130,6 +137,7 @@ def create_app(
     metrics.watch_budget("uploads", lambda: uploads.used)
     app.state.settings, app.state.metrics, app.state.shutdown = settings, metrics, shutdown
     install_error_handlers(app)
+    app.add_exception_handler(QueueUnavailable, _queue_unavailable)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -179,6 +187,8 @@ def create_app(
         MultiPartParser.spool_max_size, settings.max_upload_bytes + BODY_OVERHEAD_BYTES
     )
     app.include_router(health.router)
+    if settings.role == "worker":  # no HTTP API: probes only
+        return app
     app.include_router(asr.router)
     app.include_router(openai.router)
     app.include_router(tasks.router)
@@ -189,10 +199,34 @@ def create_app(
     return app
 
 
-async def _sweep(queue: MemoryTaskQueue, every_s: float) -> None:
+async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s", exc)
+    message = "the task queue is unavailable (Redis unreachable); retry shortly"
+    return error_response(503, "queue_unavailable", message, {"Retry-After": "5"}, request=request)
+
+
+async def _watch_cluster(queue: TaskQueue, worker: TaskWorker | None, metrics: Metrics) -> None:
+    """Every ANNOUNCE_S: this process's worker says it is alive (and busy or not), and the
+    metrics take the cluster's queue depth, oldest task's age and workers."""
+    while True:
+        try:
+            if worker is not None:
+                await queue.announce(worker.name, worker.info())
+            metrics.watch_cluster(await queue.stats(), await queue.workers())
+        except QueueUnavailable:
+            pass  # /hc and the routes say so; the gauges keep their last values
+        except Exception:
+            log.exception("reading the cluster's state failed")
+        await asyncio.sleep(ANNOUNCE_S)
+
+
+async def _sweep(queue: TaskQueue, every_s: float) -> None:
     """Delete expired results every RUN_RESULT_EXPIRY_CHECK_M minutes."""
     while True:
         await asyncio.sleep(every_s)
-        removed = await queue.sweep()
+        try:
+            removed = await queue.sweep()
+        except QueueUnavailable:
+            continue
         if removed:
             log.info("deleted %d expired results", removed)

@@ -20,6 +20,11 @@ class QueueFull(Exception):
     """No room: too many tasks, or too many bytes, are waiting."""
 
 
+# A worker not heard from for this long is gone (it announces itself every ANNOUNCE_S).
+ANNOUNCE_S = 2.0
+WORKER_STALE_S = 10.0
+
+
 class QueueUnavailable(Exception):
     """The queue's store can't be reached (Redis down): the API answers 503, workers wait."""
 
@@ -76,6 +81,14 @@ class TaskQueue(ABC):
     @abstractmethod
     async def stats(self) -> QueueStats: ...
 
+    @abstractmethod
+    async def announce(self, name: str, info: dict) -> None:
+        """A worker says it is alive and what it does (every few seconds)."""
+
+    @abstractmethod
+    async def workers(self) -> list[dict]:
+        """The workers heard from within WORKER_STALE_S, by name."""
+
     async def release(self, task: Task) -> None:
         """Give a taken task back unfinished (this worker is stopping): another takes it."""
         raise NotImplementedError
@@ -111,6 +124,7 @@ class MemoryTaskQueue(TaskQueue):
         self._pending: deque[str] = deque()
         self._pending_bytes = 0
         self._wakeup = asyncio.Condition()
+        self._workers: dict[str, dict] = {}
 
     async def submit(self, task: Task) -> int:
         if len(self._pending) >= self.max_pending:
@@ -209,3 +223,11 @@ class MemoryTaskQueue(TaskQueue):
         oldest = self._tasks[self._pending[0]].uploaded_at if self._pending else None
         age = max(0.0, self.clock() - oldest) if oldest is not None else 0.0
         return QueueStats(len(self._pending), age)
+
+    async def announce(self, name: str, info: dict) -> None:
+        self._workers[name] = {**info, "worker": name, "seen_at": self.clock()}
+
+    async def workers(self) -> list[dict]:
+        now = self.clock()
+        live = [w for w in self._workers.values() if now - w["seen_at"] <= WORKER_STALE_S]
+        return sorted(live, key=lambda w: w["worker"])

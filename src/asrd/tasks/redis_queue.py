@@ -27,10 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
-import os
 import secrets
-import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -42,8 +41,9 @@ from redis.exceptions import RedisError, ResponseError
 from ..logs import short_id
 from ..transcript import Transcript
 from .model import Task, TaskStatus
-from .queue import QueueFull, QueueStats, QueueUnavailable, TaskQueue
+from .queue import WORKER_STALE_S, QueueFull, QueueStats, QueueUnavailable, TaskQueue
 from .records import result_field, submitted_fields, task_from_fields
+from .worker import worker_name
 
 log = logging.getLogger(__name__)
 
@@ -199,12 +199,6 @@ def _fields(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
 
-def worker_name() -> str:
-    """This process's consumer name: readable, and unique even for two processes on a host
-    with the same pid (containers)."""
-    return f"{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
-
-
 @dataclass
 class _Lease:
     token: str
@@ -352,6 +346,23 @@ class RedisTaskQueue(TaskQueue):
         age = max(0.0, self.clock() - float(uploaded)) if uploaded else 0.0
         return QueueStats(int(depth), age)
 
+    async def announce(self, name: str, info: dict) -> None:
+        record = json.dumps({**info, "worker": name, "seen_at": self.clock()})
+        await self._call(lambda: self.redis.hset(self._key("workers"), name, record))
+
+    async def workers(self) -> list[dict]:
+        found = await self._call(lambda: self.redis.hgetall(self._key("workers")))
+        now, live, forgotten = self.clock(), [], []
+        for name, record in found.items():
+            info = json.loads(record)
+            if now - info["seen_at"] <= WORKER_STALE_S:
+                live.append(info)
+            elif now - info["seen_at"] > 6 * WORKER_STALE_S:  # long gone: tidy up
+                forgotten.append(name)
+        if forgotten:
+            await self._call(lambda: self.redis.hdel(self._key("workers"), *forgotten))
+        return sorted(live, key=lambda w: w["worker"])
+
     async def health(self) -> str | None:
         try:
             await asyncio.wait_for(self.redis.ping(), 2)
@@ -450,6 +461,7 @@ class RedisTaskQueue(TaskQueue):
             except (RedisError, OSError):
                 continue  # Redis away: keep working; the result waits for it
             if not held:
+                self._leases.pop(task.id, None)
                 task.cancelled = True
                 log.info("task %s: cancelled (or taken over) elsewhere", short_id(task.id))
                 return
