@@ -46,6 +46,7 @@ class FakeSlot:
     weights_bytes: int = 75_000_000
     ttl_s: float | None = None
     accepting: bool = True
+    loaded_once: bool = True
 
     @property
     def tasks(self) -> list[str]:

@@ -1,0 +1,121 @@
+"""API replicas (ROLE=api) on one real `redis-server`, in-process with a fake model (no
+model is loaded: an API replica needs none): what a replica answers from the shared queue,
+the cluster-wide bounds, and Redis going away and coming back. The real processes, workers and
+real speech are in tests/test_scale_out.py."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+
+import pytest
+from fastapi.testclient import TestClient
+
+from conftest import CLIPS, assert_error, metric
+from fakes import FakeSlot, fake_server
+from redis_server import RedisServer
+
+CLIP = CLIPS["en_timit_LDC93S1.wav"].read()
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def replicas(redis_server: RedisServer) -> Iterator[tuple[TestClient, TestClient]]:
+    """Two API replicas sharing a fresh namespace; no worker takes their tasks."""
+    settings = dict(
+        role="api", queue_backend="redis", redis_url=redis_server.url,
+        redis_prefix=f"t{secrets.token_hex(4)}", max_task_queue_size=3,
+    )  # fmt: skip
+    with ExitStack() as stack:
+        first = stack.enter_context(
+            fake_server(FakeSlot("tiny.en", multilingual=False), **settings)
+        )
+        second = stack.enter_context(
+            fake_server(FakeSlot("tiny.en", multilingual=False), **settings)
+        )
+        yield first, second
+
+
+def submit(client: TestClient) -> dict:
+    response = client.post("/api/v1/tasks", files={"file": ("a.wav", CLIP)})
+    assert response.status_code == 202, response.text
+    return response.json()
+
+
+def test_a_task_is_seen_and_cancelled_from_any_replica(
+    replicas: tuple[TestClient, TestClient],
+) -> None:
+    first, second = replicas
+    a, b = submit(first), submit(second)
+    assert (a["position_in_queue"], b["position_in_queue"]) == (1, 2)
+    seen = second.get(f"/api/v1/tasks/{a['task_id']}").json()
+    assert seen["status"] == "pending" and seen["position_in_queue"] == 1
+    assert first.get("/api/v1/status", params={"task_id": b["task_id"]}).json()["task_id"]
+    assert second.delete(f"/api/v1/tasks/{a['task_id']}").json()["status"] == "cancelled"
+    assert_error(first.get(f"/api/v1/tasks/{a['task_id']}"), 404, "task_not_found")
+    assert first.get(f"/api/v1/tasks/{b['task_id']}").json()["position_in_queue"] == 1
+    assert_error(first.get(f"/api/v1/tasks/{b['task_id']}/srt"), 409, "task_not_finished")
+    status = second.get("/api/v1/decoder_status").json()
+    assert status["tasks_in_queue"] == 1 and status["workers"] == []
+
+
+def test_the_queue_bound_holds_across_replicas(replicas: tuple[TestClient, TestClient]) -> None:
+    first, second = replicas
+    submit(first)
+    submit(second)
+    submit(first)
+    error = assert_error(
+        second.post("/api/v1/tasks", files={"file": ("a.wav", CLIP)}), 429, "queue_full"
+    )
+    assert "3 tasks" in error["message"]
+    assert_error(first.post("/api/v1/transcribe", files={"file": ("a.wav", CLIP)}), 429)
+
+
+def test_cluster_metrics(replicas: tuple[TestClient, TestClient]) -> None:
+    first, second = replicas
+    submit(first)
+    submit(second)
+    # The gauges are refreshed every ANNOUNCE_S; the test waits for the next refresh.
+    for _ in range(60):
+        text = first.get("/metrics").text
+        if metric(text, "asrd_queue_depth") == 2:
+            break
+        time.sleep(0.1)
+    assert metric(text, "asrd_queue_depth") == 2
+    assert metric(text, "asrd_task_queue_depth") == 2
+    assert metric(text, "asrd_queue_oldest_age_seconds") >= 0
+
+
+def test_redis_away_answers_503_and_recovers(
+    replicas: tuple[TestClient, TestClient], redis_server: RedisServer
+) -> None:
+    first, second = replicas
+    kept = submit(first)
+    assert first.get("/hc").json()["status"] == "ok"
+    redis_server.stop()
+    try:
+        for response in (
+            first.post("/api/v1/tasks", files={"file": ("a.wav", CLIP)}),
+            second.get(f"/api/v1/tasks/{kept['task_id']}"),
+            second.delete(f"/api/v1/tasks/{kept['task_id']}"),
+        ):
+            error = assert_error(response, 503, "queue_unavailable")
+            assert "Redis" in error["message"] and response.headers["retry-after"]
+        health = first.get("/hc")
+        assert health.status_code == 503 and health.json()["status"] == "queue_unavailable"
+        assert "unreachable" in health.json()["error"]
+        assert "redis://" not in health.json()["error"]
+    finally:
+        redis_server.start()  # the append-only file keeps what was accepted
+    assert first.get("/hc").status_code == 200
+    back = second.get(f"/api/v1/tasks/{kept['task_id']}").json()
+    assert back["status"] == "pending" and back["position_in_queue"] == 1
+    submit(second)
