@@ -65,6 +65,19 @@ def create_app(
         worker = TaskWorker(queue, models, audio, settings) if settings.role != "api" else None
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
+        sync_runner = None
+        if queue.shared:  # Redis: workers take sync requests too; replicas may send them
+            from .tasks.remote import RemoteLink, RemoteModels, SyncJobRunner
+
+            if worker is not None:
+                sync_runner = SyncJobRunner(queue, models)  # type: ignore[arg-type]
+            if settings.sync_via_workers and settings.role != "worker":
+                link = RemoteLink(
+                    queue,  # type: ignore[arg-type]
+                    wait_s=settings.sync_worker_wait_s,
+                    lease_s=settings.task_lease_s,
+                )
+                app.state.models = RemoteModels(models, link)
         for slot in models.slots:
             metrics.watch_model(slot)
         if isinstance(queue, MemoryTaskQueue):
@@ -92,6 +105,8 @@ def create_app(
         ]
         if worker is not None:
             background.append(asyncio.create_task(worker.run()))
+        if sync_runner is not None:
+            background.append(asyncio.create_task(sync_runner.run()))
         if settings.run_result_expiry_check_m > 0 and settings.role != "worker":
             background.append(
                 asyncio.create_task(_sweep(queue, settings.run_result_expiry_check_m * 60))
@@ -109,6 +124,8 @@ def create_app(
                 await worker.fail_pending()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(worker.idle.wait(), shutdown.remaining())
+            if sync_runner is not None:  # takes no more; those running get what is left
+                await sync_runner.stop(shutdown.remaining())
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)

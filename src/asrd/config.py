@@ -591,6 +591,24 @@ class Settings(BaseSettings):
             "callback)."
         ),
     )
+    sync_via_workers: bool = Field(
+        False,
+        description=(
+            "QUEUE_BACKEND=redis: `/asr` and `/v1/audio/*` (streaming too) are run by the "
+            "workers through Redis instead of on this server's model, so thin API replicas "
+            "can front a pool of GPU workers. A client that hangs up stops the work; a worker "
+            "that dies mid-request gives its client a 503 within TASK_LEASE_S."
+        ),
+    )
+    sync_worker_wait_s: float = Field(
+        10,
+        gt=0,
+        le=600,
+        description=(
+            "SYNC_VIA_WORKERS: how long a request waits for a worker to take it (all busy, "
+            "or none running) before it gets 503."
+        ),
+    )
 
     # --- Logging and admin ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
@@ -776,6 +794,8 @@ class Settings(BaseSettings):
             raise ValueError("REDIS_URL: needed with QUEUE_BACKEND=redis")
         if self.role != "all" and self.queue_backend != "redis":
             raise ValueError(f"ROLE={self.role} needs QUEUE_BACKEND=redis (a shared queue)")
+        if self.sync_via_workers and self.queue_backend != "redis":
+            raise ValueError("SYNC_VIA_WORKERS needs QUEUE_BACKEND=redis")
         return self
 
     @field_validator("max_uploads_in_memory_mb")
