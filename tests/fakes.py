@@ -71,7 +71,7 @@ class FakeSlot:
         return canned(len(samples) / 16_000, options)
 
     async def stream(
-        self, samples: np.ndarray, options: TranscribeOptions
+        self, samples: np.ndarray, options: TranscribeOptions, *, streaming: bool = True
     ) -> AsyncIterator[Segment | Transcript]:
         transcript = await self.transcribe(samples, options)
         for segment in transcript.segments:

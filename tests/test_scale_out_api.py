@@ -5,16 +5,21 @@ real speech are in tests/test_scale_out.py."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import secrets
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from asrd.transcript import Segment, TranscribeOptions
+
 from conftest import CLIPS, assert_error, metric
-from fakes import FakeSlot, fake_server
+from fakes import FakeRegistry, FakeSlot, canned, fake_server
 from redis_server import RedisServer
 
 CLIP = CLIPS["en_timit_LDC93S1.wav"].read()
@@ -119,3 +124,123 @@ def test_redis_away_answers_503_and_recovers(
     back = second.get(f"/api/v1/tasks/{kept['task_id']}").json()
     assert back["status"] == "pending" and back["position_in_queue"] == 1
     submit(second)
+
+
+# --- SYNC_VIA_WORKERS: the relay between an API replica and a worker (fake model) -------------
+
+
+class SlowSlot(FakeSlot):
+    """A model that yields a segment every `every_s` seconds, for `count` segments."""
+
+    def __init__(self, every_s: float, count: int = 100):
+        super().__init__("tiny.en", multilingual=False)
+        self.every_s, self.count, self.closed = every_s, count, asyncio.Event()
+
+    async def stream(self, samples, options, *, streaming=True):  # type: ignore[override]
+        try:
+            for i in range(self.count):
+                await asyncio.sleep(self.every_s)
+                yield Segment(float(i), i + 1.0, f" word{i}")
+            yield canned(len(samples) / 16_000, options)
+        finally:
+            self.closed.set()
+
+
+def relay(redis_server: RedisServer, slot: FakeSlot, **link: float):
+    """A RemoteSlot on an API replica's side, a SyncJobRunner on a worker's with `slot`."""
+    from asrd.tasks.redis_queue import RedisTaskQueue
+    from asrd.tasks.remote import RemoteLink, RemoteSlot, SyncJobRunner
+
+    prefix = f"s{secrets.token_hex(4)}"
+    options = dict(prefix=prefix, max_pending=4, max_pending_bytes=10**6, ttl_s=60,
+                   refresh_on_read=True)  # fmt: skip
+    api_queue = RedisTaskQueue(redis_server.url, **options)  # type: ignore[arg-type]
+    worker_queue = RedisTaskQueue(redis_server.url, **options)  # type: ignore[arg-type]
+    runner = SyncJobRunner(worker_queue, FakeRegistry(slot))  # type: ignore[arg-type]
+    remote = RemoteSlot(slot, RemoteLink(api_queue, **{"wait_s": 2, "lease_s": 2, **link}))
+    return remote, runner, (api_queue, worker_queue)
+
+
+SAMPLES = np.zeros(32_000, np.float32)
+OPTIONS = TranscribeOptions(language="en")
+
+
+def test_sync_requests_run_on_a_worker(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        slot = FakeSlot("tiny.en", multilingual=False)
+        remote, runner, queues = relay(redis_server, slot)
+        worker = asyncio.create_task(runner.run())
+        try:
+            transcript = await remote.transcribe(SAMPLES, OPTIONS)
+            assert transcript.text == "Hello world. Bye." and transcript.duration == 2.0
+            assert transcript.segments[0].words[1].word == " world."
+            items = [item async for item in remote.stream(SAMPLES, OPTIONS)]
+            assert [type(i).__name__ for i in items] == ["Segment", "Segment", "Transcript"]
+            assert slot.calls[0].language == "en"
+        finally:
+            await runner.stop(0)
+            worker.cancel()
+            for queue in queues:
+                await queue.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert redis_server.keys("s*:s[ar]:*") == []
+
+
+def test_no_worker_in_time_is_a_clear_error(redis_server: RedisServer) -> None:
+    from asrd.tasks.remote import WorkerUnavailable
+
+    async def scenario() -> None:
+        remote, _, queues = relay(redis_server, FakeSlot("tiny.en"), wait_s=0.5)
+        with pytest.raises(WorkerUnavailable, match="no worker took the request"):
+            await remote.transcribe(SAMPLES, OPTIONS)
+        for queue in queues:
+            await queue.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert redis_server.keys("s*:sa:*") == []  # the samples went with the refusal
+
+
+def test_a_client_that_hangs_up_stops_the_worker(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        slot = SlowSlot(every_s=0.1)
+        remote, runner, queues = relay(redis_server, slot)
+        worker = asyncio.create_task(runner.run())
+        try:
+            async with contextlib.aclosing(remote.stream(SAMPLES, OPTIONS)) as items:
+                async for _ in items:
+                    break  # the client goes away after one segment
+            await asyncio.wait_for(slot.closed.wait(), 5)  # the worker's stream was closed
+        finally:
+            await runner.stop(0)
+            worker.cancel()
+            for queue in queues:
+                await queue.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_a_worker_that_stops_answering_is_a_clear_error(redis_server: RedisServer) -> None:
+    from asrd.tasks.remote import WorkerUnavailable
+
+    async def scenario() -> None:
+        slot = SlowSlot(every_s=60)  # it takes the request, then nothing more comes
+        remote, runner, queues = relay(redis_server, slot, lease_s=1)
+
+        async def dead(job: str, work: asyncio.Task) -> None:  # no pings: as if killed
+            await asyncio.sleep(3600)
+
+        runner._watch = dead  # type: ignore[method-assign]
+        worker = asyncio.create_task(runner.run())
+        started = time.monotonic()
+        try:
+            with pytest.raises(WorkerUnavailable, match="stopped answering"):
+                await remote.transcribe(SAMPLES, OPTIONS)
+            assert time.monotonic() - started < 5
+        finally:
+            await runner.stop(0)
+            worker.cancel()
+            for queue in queues:
+                await queue.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
