@@ -248,10 +248,79 @@ def test_redis_down_then_restarted_loses_nothing(cluster: Cluster) -> None:
         assert httpx.get(f"{process.url}/hc", timeout=10).status_code == 200
 
 
+def test_sync_routes_run_on_the_workers(cluster: Cluster) -> None:
+    jfk = CLIPS["en_jfk_inaugural_1961.flac"]
+    api = cluster.apis[0].url
+    asr = httpx.post(f"{api}/asr", content=jfk.read(), timeout=120,
+                     headers={"Content-Type": "application/octet-stream"})  # fmt: skip
+    assert asr.status_code == 200, asr.text
+    assert wer(jfk.transcript, asr.json()["text"]) <= 0.15
+    assert asr.json()["chunks"] and asr.headers["x-model-id"] == "tiny.en"
+    files = {"file": (jfk.name, jfk.read())}
+    openai = httpx.post(f"{api}/v1/audio/transcriptions", files=files, timeout=120,
+                        data={"model": "whisper-1", "response_format": "json"})  # fmt: skip
+    assert openai.status_code == 200, openai.text
+    assert wer(jfk.transcript, openai.json()["text"]) <= 0.15
+    deltas, done = [], None
+    with httpx.stream("POST", f"{api}/v1/audio/transcriptions", files=files, timeout=120,
+                      data={"model": "whisper-1", "stream": "true"}) as streamed:  # fmt: skip
+        assert streamed.headers["content-type"].startswith("text/event-stream")
+        for line in streamed.iter_lines():
+            if line.startswith("data: "):
+                event = json.loads(line.removeprefix("data: "))
+                if event["type"] == "transcript.text.delta":
+                    deltas.append(event["delta"])
+                else:
+                    done = event
+    assert done is not None and done["type"] == "transcript.text.done", done
+    assert len(deltas) >= 1 and wer(jfk.transcript, "".join(deltas)) <= 0.15
+    # The replicas never loaded a model: the workers did the work.
+    for replica in cluster.apis:
+        status = httpx.get(f"{replica.url}/api/v1/decoder_status").json()
+        assert status["model_loaded"] is False
+
+
+def test_a_worker_killed_mid_request_is_a_503_not_a_hang(cluster: Cluster) -> None:
+    audio, _ = long_task_audio()
+    result: dict = {}
+
+    def request() -> None:
+        started = time.monotonic()
+        response = httpx.post(f"{cluster.apis[1].url}/v1/audio/transcriptions", timeout=120,
+                              files={"file": ("long.flac", audio)},
+                              data={"model": "whisper-1"})  # fmt: skip
+        result.update(response=response, elapsed=time.monotonic() - started)
+
+    before = {id(w): w.log().count("sync request") for w in cluster.workers}
+    client = threading.Thread(target=request)
+    client.start()
+    deadline = time.monotonic() + 60
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        for worker in cluster.workers:
+            if worker.log().count("sync request") > before[id(worker)]:
+                victim = worker
+        time.sleep(0.05)
+    assert victim is not None, "no worker took the request"
+    victim.process.send_signal(signal.SIGKILL)
+    killed = time.monotonic()
+    victim.process.wait()
+    client.join(60)
+    assert not client.is_alive()
+    response = result["response"]
+    if response.status_code == 200:  # it had finished before the kill landed
+        pytest.skip("the request finished before its worker was killed")
+    error = response.json()["error"]
+    assert response.status_code == 503 and "stopped" in error["message"], response.text
+    assert time.monotonic() - killed < LEASE_S + 5
+    victim.stop()
+    cluster.replace(victim)
+
+
 def test_metrics_and_no_audio_left(cluster: Cluster) -> None:
     metrics = httpx.get(f"{cluster.workers[0].url}/metrics").text
     assert "asrd_queue_depth 0.0" in metrics
     assert metrics.count("asrd_worker_busy{") == 2
     assert httpx.get(f"{cluster.workers[0].url}/api/v1/decoder_status").status_code == 404
-    assert cluster.redis.keys(f"{PREFIX}:a:*") == []
-    assert cluster.redis.keys(f"{PREFIX}:l:*") == []
+    for kind in ("a", "l", "sa"):  # task audio, leases, sync requests' samples
+        assert cluster.redis.keys(f"{PREFIX}:{kind}:*") == []

@@ -217,7 +217,7 @@ def create_app(
 
 
 async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:
-    log.warning("%s", exc)
+    log.warning("%s (%s)", exc, exc.__cause__)
     message = "the task queue is unavailable (Redis unreachable); retry shortly"
     return error_response(503, "queue_unavailable", message, {"Retry-After": "5"}, request=request)
 

@@ -36,7 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..logs import short_id
 from ..transcript import Transcript
@@ -195,6 +196,16 @@ return {depth, uploaded}
 """
 
 
+def unavailable(exc: BaseException) -> QueueUnavailable:
+    """The error for a Redis that can't be reached. The message names the kind of failure,
+    not Redis's address (`/hc` is public); the log has the details."""
+    log.debug("Redis: %s", exc)
+    kind = "timed out" if isinstance(exc, TimeoutError | RedisTimeoutError) else "unreachable"
+    if isinstance(exc, AuthenticationError):
+        kind = "refusing asrd's credentials"
+    return QueueUnavailable(f"the task queue (Redis) is {kind} ({type(exc).__name__})")
+
+
 def _fields(flat: list[bytes]) -> dict[str, str]:
     return {flat[i].decode(): flat[i + 1].decode() for i in range(0, len(flat), 2)}
 
@@ -264,7 +275,7 @@ class RedisTaskQueue(TaskQueue):
             if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
                 raise
             self._group_ready = False
-            raise QueueUnavailable(f"the task queue (Redis) is unreachable: {exc}") from exc
+            raise unavailable(exc) from exc
 
     async def _ensure_group(self) -> None:
         if self._group_ready:
@@ -367,7 +378,7 @@ class RedisTaskQueue(TaskQueue):
         try:
             await asyncio.wait_for(self.redis.ping(), 2)
         except (RedisError, OSError, TimeoutError) as exc:
-            return f"the task queue (Redis) is unreachable: {exc or type(exc).__name__}"
+            return str(unavailable(exc))
         return None
 
     async def close(self) -> None:

@@ -36,9 +36,8 @@ from ..logs import short_id
 from ..registry import ModelNotServed, ModelRegistry
 from ..slot import ModelNotReady
 from ..transcript import Segment, TranscribeOptions, Transcript, Word
-from .queue import QueueUnavailable
 from .records import transcript_from_dict
-from .redis_queue import GROUP, READ_BLOCK_MS, RedisTaskQueue
+from .redis_queue import GROUP, READ_BLOCK_MS, RedisTaskQueue, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +146,7 @@ class RemoteLink:
                     pipe.xadd(f"{self.prefix}:sq", request, maxlen=100_000, approximate=True)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
-                raise QueueUnavailable(f"the task queue (Redis) is unreachable: {exc}") from exc
+                raise unavailable(exc) from exc
             del samples
             async for item in self._answers(job, samples_key, answer):
                 if isinstance(item, Transcript):
@@ -169,7 +168,7 @@ class RemoteLink:
             try:
                 read = await self.redis.xread({answer: last}, count=64, block=READ_BLOCK_MS)
             except (RedisError, OSError) as exc:
-                raise QueueUnavailable(f"the task queue (Redis) is unreachable: {exc}") from exc
+                raise unavailable(exc) from exc
             now = time.monotonic()
             for _, messages in read or []:
                 for entry, fields in messages:
