@@ -401,8 +401,12 @@ class RedisTaskQueue(TaskQueue):
                 task = await self._call(self._next_once)
             except QueueUnavailable as exc:
                 if not self._warned:
-                    log.warning("%s; retrying every %g s", exc, RETRY_S)
+                    log.warning("%s (%s); retrying every %g s", exc, exc.__cause__, RETRY_S)
                     self._warned = True
+                await asyncio.sleep(RETRY_S)
+                continue
+            except RedisError:  # a script refused (a bug, or a Redis without Lua): keep going
+                log.exception("taking a task failed")
                 await asyncio.sleep(RETRY_S)
                 continue
             if self._warned:
