@@ -180,7 +180,7 @@ def test_tasks_round_robin_fifo_and_bounded_across_replicas(cluster: Cluster) ->
     done = [wait_done(cluster.apis[(i + 1) % 2], task_id) for i, task_id in enumerate(ids)]
     for name, body in zip(SHORT, done, strict=True):
         assert body["status"] == "finished", body
-        assert wer(CLIPS[name].transcript, body["result"]["text"]) <= 0.2, name
+        assert wer(CLIPS[name].transcript, body["result"]["text"]) <= 0.3, name
         assert body["used_model_size"] == "tiny.en" and body["file_name"] == name
     # FIFO: each task started no later than the ones submitted after it (two workers take
     # two at once, hence the slack of one take).
@@ -251,7 +251,7 @@ def test_redis_down_then_restarted_loses_nothing(cluster: Cluster) -> None:
     for i, (name, task_id) in enumerate(zip(SHORT[:3], ids, strict=True)):
         body = wait_done(cluster.apis[i % 2], task_id)
         assert body["status"] == "finished", body
-        assert wer(CLIPS[name].transcript, body["result"]["text"]) <= 0.2
+        assert wer(CLIPS[name].transcript, body["result"]["text"]) <= 0.3
     for process in cluster.apis + cluster.workers:
         assert httpx.get(f"{process.url}/hc", timeout=10).status_code == 200
 
