@@ -391,3 +391,24 @@ def test_redis_away_then_back_after_a_restart(
         assert (await queue.get(kept[1].id))[1] == 1
 
     run(redis_backend, scenario)
+
+
+def test_a_full_redis_refuses_with_a_clear_error(
+    redis_backend: Backend, redis_server: RedisServer
+) -> None:
+    import redis
+
+    async def scenario() -> None:
+        queue = redis_backend.make(max_pending_bytes=10**8)
+        with redis.Redis.from_url(redis_server.url) as admin:
+            used = int(admin.info("memory")["used_memory"])
+            admin.config_set("maxmemory-policy", "noeviction")
+            admin.config_set("maxmemory", used + 512 * 1024)
+            try:
+                with pytest.raises(QueueUnavailable, match="out of memory"):
+                    await queue.submit(task(size=4 * 1024 * 1024))
+            finally:
+                admin.config_set("maxmemory", 0)
+        assert await queue.submit(task()) == 1  # nothing half-written by the refusal
+
+    run(redis_backend, scenario)

@@ -36,7 +36,16 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
-from redis.exceptions import AuthenticationError, RedisError, ResponseError
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..logs import short_id
@@ -201,8 +210,14 @@ def unavailable(exc: BaseException) -> QueueUnavailable:
     not Redis's address (`/hc` is public); the log has the details."""
     log.debug("Redis: %s", exc)
     kind = "timed out" if isinstance(exc, TimeoutError | RedisTimeoutError) else "unreachable"
-    if isinstance(exc, AuthenticationError):
+    if isinstance(exc, AuthenticationError | AuthorizationError | NoPermissionError):
         kind = "refusing asrd's credentials"
+    elif isinstance(exc, OutOfMemoryError):
+        kind = "out of memory (maxmemory)"
+    elif isinstance(exc, BusyLoadingError):
+        kind = "loading its data"
+    elif isinstance(exc, ReadOnlyError):
+        kind = "read-only (a replica)"
     return QueueUnavailable(f"the task queue (Redis) is {kind} ({type(exc).__name__})")
 
 
@@ -268,11 +283,16 @@ class RedisTaskQueue(TaskQueue):
         return f"{self.prefix}:{kind}" if task_id is None else f"{self.prefix}:{kind}:{task_id}"
 
     async def _call(self, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Redis operation; a lost connection is `QueueUnavailable`."""
+        """Run one Redis operation. A Redis that can't serve (unreachable, loading its data,
+        out of memory, a read-only replica, credentials refused) is `QueueUnavailable`; a
+        refused script is a bug, raised as it is."""
         try:
             return await operation()
         except (RedisError, OSError) as exc:
-            if isinstance(exc, ResponseError) and "NOGROUP" not in str(exc):
+            serving = isinstance(exc, ResponseError) and not isinstance(
+                exc, OutOfMemoryError | ReadOnlyError | NoPermissionError
+            )
+            if serving and "NOGROUP" not in str(exc):
                 raise
             self._group_ready = False
             raise unavailable(exc) from exc
