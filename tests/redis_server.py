@@ -1,5 +1,6 @@
 """A real `redis-server` (the Debian package) on a free loopback port, in a temporary
-directory, with its append-only file on, so a restart keeps what it had acknowledged."""
+directory, with its append-only file on, so a restart keeps what it had acknowledged; with
+`tls=True`, TLS only, with a certificate from a CA made here (`openssl`) and a password."""
 
 from __future__ import annotations
 
@@ -28,28 +29,45 @@ def _free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, directory: Path):
+    def __init__(self, directory: Path, *, tls: bool = False, password: str | None = None):
         self.binary = require_redis_server()
         self.directory = directory
         self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.tls, self.password = tls, password
+        auth = f":{password}@" if password else ""
+        if tls:
+            _make_certificates(directory)
+            self.url = (f"rediss://{auth}127.0.0.1:{self.port}/0?ssl_cert_reqs=required"
+                        f"&ssl_ca_certs={directory / 'ca.pem'}")  # fmt: skip
+        else:
+            self.url = f"redis://{auth}127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> RedisServer:
+        import redis
+
         # appendfsync always: a write the client saw acknowledged survives a SIGKILL too.
-        args = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--dir", str(self.directory), "--appendonly", "yes",
-                "--appendfsync", "always", "--save", "", "--protected-mode", "yes"]  # fmt: skip
+        args = [self.binary, "--bind", "127.0.0.1", "--dir", str(self.directory),
+                "--appendonly", "yes", "--appendfsync", "always", "--save", ""]  # fmt: skip
+        if self.tls:
+            d = self.directory
+            args += ["--port", "0", "--tls-port", str(self.port), "--tls-auth-clients", "no",
+                     "--tls-cert-file", str(d / "server.pem"),
+                     "--tls-key-file", str(d / "server.key"),
+                     "--tls-ca-cert-file", str(d / "ca.pem")]  # fmt: skip
+        else:
+            args += ["--port", str(self.port)]
+        if self.password:
+            args += ["--requirepass", self.password]
         log = (self.directory / "redis.log").open("ab")
         self.process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                    sock.sendall(b"PING\r\n")
-                    if sock.recv(64).startswith(b"+PONG"):
+                with redis.Redis.from_url(self.url, socket_timeout=1) as client:
+                    if client.ping():
                         return self
-            except OSError:
+            except (redis.RedisError, OSError):
                 pass
             if self.process.poll() is not None:
                 break
@@ -76,3 +94,21 @@ class RedisServer:
 
         with redis.Redis.from_url(self.url) as client:
             return sorted(client.keys(pattern))
+
+
+def _make_certificates(directory: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1 it signed (openssl; CI installs it)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed (apt-get install openssl)")
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=asrd-test-ca")  # fmt: skip
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+        "-subj", "/CN=127.0.0.1")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip

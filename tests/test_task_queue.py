@@ -9,6 +9,7 @@ import asyncio
 import secrets
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -412,3 +413,34 @@ def test_a_full_redis_refuses_with_a_clear_error(
         assert await queue.submit(task()) == 1  # nothing half-written by the refusal
 
     run(redis_backend, scenario)
+
+
+def test_tls_and_a_password_in_the_url(tmp_path: Path) -> None:
+    from asrd.tasks.redis_queue import RedisTaskQueue
+
+    server = RedisServer(tmp_path, tls=True, password="s3cret-pw").start()
+    options = dict(prefix="tls", max_pending=3, max_pending_bytes=100, ttl_s=60,
+                   refresh_on_read=True)  # fmt: skip
+
+    async def scenario() -> None:
+        queue = RedisTaskQueue(server.url, **options)  # type: ignore[arg-type]
+        submitted = task()
+        assert await queue.submit(submitted) == 1
+        assert (await queue.next()).audio == submitted.audio
+        await queue.close()
+        wrong = RedisTaskQueue(server.url.replace("s3cret-pw", "guess"), **options)  # type: ignore[arg-type]
+        with pytest.raises(QueueUnavailable, match="credentials") as refused:
+            await wrong.get(submitted.id)
+        assert "s3cret" not in str(refused.value) and "guess" not in str(refused.value)
+        assert "credentials" in (await wrong.health() or "")
+        await wrong.close()
+        without_tls = server.url.replace("rediss://", "redis://").split("?")[0]
+        plain = RedisTaskQueue(without_tls, **options)  # type: ignore[arg-type]
+        with pytest.raises(QueueUnavailable):  # no TLS: no answer
+            await plain.get(submitted.id)
+        await plain.close()
+
+    try:
+        asyncio.run(asyncio.wait_for(scenario(), 60))
+    finally:
+        server.stop()

@@ -786,6 +786,8 @@ class Settings(BaseSettings):
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        if value is not None and not value.startswith("rediss://") and "ssl_" in value:
+            raise ValueError("ssl_* options need rediss:// (TLS)")
         return value
 
     @model_validator(mode="after")
