@@ -444,3 +444,24 @@ def test_tls_and_a_password_in_the_url(tmp_path: Path) -> None:
         asyncio.run(asyncio.wait_for(scenario(), 60))
     finally:
         server.stop()
+
+
+def test_long_gone_workers_are_forgotten(redis_backend: Backend) -> None:
+    async def scenario() -> None:
+        api = redis_backend.make()
+        gone, alive = redis_backend.make(), redis_backend.make()
+        names = gone.consumer, alive.consumer  # type: ignore[attr-defined]
+        await api.submit(task())
+        await gone.finish(await gone.next(), transcript())  # `gone` joined the group
+        await gone.announce(names[0], {"busy": False})
+        await alive.announce(names[1], {"busy": True})
+        assert sorted(w["worker"] for w in await api.workers()) == sorted(names)
+        later = lambda: time.time() + 3600  # noqa: E731  (an hour later)
+        api.clock = alive.clock = later  # type: ignore[attr-defined]
+        await alive.announce(names[1], {"busy": True})
+        assert [w["worker"] for w in await api.workers()] == [names[1]]
+        api_redis = api.redis  # type: ignore[attr-defined]
+        consumers = await api_redis.xinfo_consumers(f"{redis_backend.prefix}:q", "workers")
+        assert names[0].encode() not in [c["name"] for c in consumers]
+
+    run(redis_backend, scenario)

@@ -392,7 +392,19 @@ class RedisTaskQueue(TaskQueue):
                 forgotten.append(name)
         if forgotten:
             await self._call(lambda: self.redis.hdel(self._key("workers"), *forgotten))
+            await self._call(lambda: self._forget_consumers({n.decode() for n in forgotten}))
         return sorted(live, key=lambda w: w["worker"])
+
+    async def _forget_consumers(self, names: set[str]) -> None:
+        """Drop long-gone workers from the consumer group, once nothing is pending on them
+        (what they held is taken over first)."""
+        for stream in (self.stream, f"{self.prefix}:sq"):
+            with contextlib.suppress(ResponseError):  # no such stream or group yet
+                for consumer in await self.redis.xinfo_consumers(stream, GROUP):
+                    name = consumer["name"]
+                    name = name.decode() if isinstance(name, bytes) else name
+                    if name in names and consumer["pending"] == 0:
+                        await self.redis.xgroup_delconsumer(stream, GROUP, name)
 
     async def health(self) -> str | None:
         try:
