@@ -8,6 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -101,7 +102,7 @@ def create_app(
         background = [
             asyncio.create_task(load()),
             asyncio.create_task(stop_tasks()),
-            asyncio.create_task(_watch_cluster(queue, worker, metrics)),
+            asyncio.create_task(_watch_cluster(queue, worker, sync_runner, metrics)),
         ]
         if worker is not None:
             background.append(asyncio.create_task(worker.run()))
@@ -222,13 +223,20 @@ async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:
     return error_response(503, "queue_unavailable", message, {"Retry-After": "5"}, request=request)
 
 
-async def _watch_cluster(queue: TaskQueue, worker: TaskWorker | None, metrics: Metrics) -> None:
-    """Every ANNOUNCE_S: this process's worker says it is alive (and busy or not), and the
-    metrics take the cluster's queue depth, oldest task's age and workers."""
+async def _watch_cluster(
+    queue: TaskQueue, worker: TaskWorker | None, sync_runner: Any, metrics: Metrics
+) -> None:
+    """Every ANNOUNCE_S: this process's worker says it is alive (and busy or not: a task or
+    sync requests), and the metrics take the cluster's queue depth, oldest task's age and
+    workers."""
     while True:
         try:
             if worker is not None:
-                await queue.announce(worker.name, worker.info())
+                info = worker.info()
+                if sync_runner is not None:
+                    info["sync_requests"] = sync_runner.running
+                    info["busy"] = info["busy"] or sync_runner.running > 0
+                await queue.announce(worker.name, info)
             metrics.watch_cluster(await queue.stats(), await queue.workers())
         except QueueUnavailable:
             pass  # /hc and the routes say so; the gauges keep their last values

@@ -213,6 +213,11 @@ class SyncJobRunner:
         self._jobs: set[asyncio.Task] = set()
         self.stopping = False
 
+    @property
+    def running(self) -> int:
+        """Sync requests this worker is running now."""
+        return len(self._jobs)
+
     async def run(self) -> None:
         while not self.stopping:
             await self._room.acquire()
