@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
@@ -36,6 +36,9 @@ from .slot import ModelState
 from .tasks import MemoryTaskQueue, QueueUnavailable, TaskQueue, TaskWorker
 from .tasks.factory import create_queue
 from .tasks.queue import ANNOUNCE_S
+
+if TYPE_CHECKING:
+    from .tasks.remote import SyncJobRunner  # imports `redis`: only with QUEUE_BACKEND=redis
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +227,10 @@ async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:
 
 
 async def _watch_cluster(
-    queue: TaskQueue, worker: TaskWorker | None, sync_runner: Any, metrics: Metrics
+    queue: TaskQueue,
+    worker: TaskWorker | None,
+    sync_runner: SyncJobRunner | None,
+    metrics: Metrics,
 ) -> None:
     """Every ANNOUNCE_S: this process's worker says it is alive (and busy or not: a task or
     sync requests), and the metrics take the cluster's queue depth, oldest task's age and
