@@ -465,3 +465,26 @@ def test_long_gone_workers_are_forgotten(redis_backend: Backend) -> None:
         assert names[0].encode() not in [c["name"] for c in consumers]
 
     run(redis_backend, scenario)
+
+
+def test_a_retried_call_changes_nothing(redis_backend: Backend) -> None:
+    """redis-py retries a call on a fresh connection when the old one died, which can run a
+    script twice (its write landed, its reply was lost): each must come out the same."""
+    from asrd.tasks.redis_queue import _Lease
+
+    async def scenario() -> None:
+        queue = redis_backend.make(max_pending_bytes=20)
+        submitted = task()
+        assert await queue.submit(submitted) == 1
+        assert await queue.submit(submitted) == 1  # the same task again: no second entry
+        await queue.submit(task())  # 20 bytes waiting: its size was counted once
+        taken = await queue.next()
+        token = queue._leases[taken.id].token  # type: ignore[attr-defined]
+        assert await queue.finish(taken, transcript())
+        queue._leases[taken.id] = _Lease(token)  # type: ignore[attr-defined]
+        assert await queue.finish(taken, transcript())  # recorded, once: still True
+        assert await queue.counts() == {
+            "pending": 1, "processing": 0, "finished": 1, "failed": 0
+        }  # fmt: skip
+
+    run(redis_backend, scenario)

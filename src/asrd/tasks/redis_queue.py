@@ -36,6 +36,8 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 from redis.exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -68,6 +70,10 @@ T = TypeVar("T")
 _SUBMIT = """
 -- KEYS: task, audio, waiting, waiting_bytes, stream, seq
 -- ARGV: id, data, uploaded_at, size, max_pending, max_bytes, audio
+if redis.call('EXISTS', KEYS[1]) == 1 then  -- run twice (a retried call): queued already
+  local rank = redis.call('ZRANK', KEYS[3], ARGV[1])
+  return rank and rank + 1 or 0
+end
 if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[5]) then return -1 end
 local bytes = tonumber(redis.call('GET', KEYS[4]) or '0')
 if bytes + tonumber(ARGV[4]) > tonumber(ARGV[6]) then return -2 end
@@ -85,6 +91,9 @@ _TAKE = """
 -- KEYS: task, audio, lease, waiting, waiting_bytes, running, stream
 -- ARGV: id, token, lease_ms, started_at, group, entry
 local status = redis.call('HGET', KEYS[1], 'status')
+if status == 'processing' and redis.call('HGET', KEYS[1], 'holder') == ARGV[2] then
+  return {redis.call('HGETALL', KEYS[1]), redis.call('GET', KEYS[2]) or false, 'pending'}
+end  -- run twice (a retried call): taken already, by this very call
 if status == 'processing' and redis.call('EXISTS', KEYS[3]) == 1 then
   return false  -- its worker is alive
 end
@@ -115,10 +124,11 @@ _DONE = """
 -- KEYS: task, audio, lease, running, results, failed, stream
 -- ARGV: id, token, status, result, finished_at, expires_at, ttl_ms, max_results, prefix,
 --       group
-local task = redis.call('HMGET', KEYS[1], 'holder', 'entry')
+local task = redis.call('HMGET', KEYS[1], 'holder', 'entry', 'recorded_by')
+if task[3] == ARGV[2] then return 1 end  -- run twice (a retried call): recorded already
 if task[1] ~= ARGV[2] then return 0 end  -- cancelled, or taken over by another worker
 redis.call('HSET', KEYS[1], 'status', ARGV[3], 'result', ARGV[4], 'finished_at', ARGV[5],
-           'expires_at', ARGV[6])
+           'expires_at', ARGV[6], 'recorded_by', ARGV[2])
 redis.call('HDEL', KEYS[1], 'holder')
 redis.call('PEXPIRE', KEYS[1], ARGV[7])
 redis.call('DEL', KEYS[2], KEYS[3])
@@ -256,6 +266,10 @@ class RedisTaskQueue(TaskQueue):
             socket_timeout=5 + READ_BLOCK_MS / 1000,  # longer than a blocking read
             socket_connect_timeout=2,
             health_check_interval=15,
+            # A pooled connection found dead (Redis restarted) is retried on a fresh one, so
+            # the first request after a restart succeeds. A retry can run a script twice (the
+            # reply, not the write, was lost): every script here is safe to run twice.
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), retries=2),
         )
         self.prefix = prefix
         self.max_pending, self.max_pending_bytes = max_pending, max_pending_bytes
