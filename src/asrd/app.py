@@ -69,6 +69,10 @@ def create_app(
         worker = TaskWorker(queue, models, audio, settings) if settings.role != "api" else None
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
+        if queue.shared:  # never the URL: it may hold a password
+            log.info("ROLE=%s: tasks in Redis under %s:*%s", settings.role, settings.redis_prefix,
+                     ", sync requests run on the workers" if settings.sync_via_workers
+                     and settings.role != "worker" else "")  # fmt: skip
         sync_runner = None
         if queue.shared:  # Redis: workers take sync requests too; replicas may send them
             from .tasks.remote import RemoteLink, RemoteModels, SyncJobRunner
