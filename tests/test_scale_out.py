@@ -100,8 +100,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     cluster.callbacks = hook.received  # type: ignore[attr-defined]
     try:
         cluster.workers = [cluster.worker(), cluster.worker()]
+        # The replicas send their sync requests to the workers too: no model of their own.
+        api_env = {**env, "SYNC_VIA_WORKERS": "1", "SYNC_WORKER_WAIT_S": "20"}
         cluster.apis = [
-            AsrdServer(env, logs / f"api-{i}.log", command=("serve", "--no-worker")) for i in (1, 2)
+            AsrdServer(api_env, logs / f"api-{i}.log", command=("serve", "--no-worker"))
+            for i in (1, 2)
         ]
         for process in cluster.apis + cluster.workers:
             process.wait_ready()
@@ -148,7 +151,7 @@ def eventually(check: Callable[[], bool], timeout: float = 15) -> bool:
 
 
 def long_task_audio() -> tuple[bytes, str]:
-    samples, transcript = long_english_audio(repeats=2)  # ~150 s: seconds of work
+    samples, transcript = long_english_audio(repeats=1)  # ~75 s: seconds of work
     return encode(samples, "flac"), transcript
 
 

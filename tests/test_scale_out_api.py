@@ -165,18 +165,35 @@ SAMPLES = np.zeros(32_000, np.float32)
 OPTIONS = TranscribeOptions(language="en")
 
 
+class RecordingSlot(FakeSlot):
+    """Keeps the samples it was given."""
+
+    def __init__(self) -> None:
+        super().__init__("tiny.en", multilingual=False)
+        self.samples: list[np.ndarray] = []
+
+    async def transcribe(self, samples, options):  # type: ignore[override]
+        self.samples.append(samples)
+        return await super().transcribe(samples, options)
+
+
 def test_sync_requests_run_on_a_worker(redis_server: RedisServer) -> None:
     async def scenario() -> None:
-        slot = FakeSlot("tiny.en", multilingual=False)
+        slot = RecordingSlot()
         remote, runner, queues = relay(redis_server, slot)
         worker = asyncio.create_task(runner.run())
         try:
+            # The samples arrive as the decoder gave them (int16), bit for bit.
+            decoded = np.random.default_rng(0).integers(-32768, 32767, 48_000, dtype=np.int16)
+            await remote.transcribe(decoded, OPTIONS)
+            assert slot.samples[-1].dtype == np.int16
+            assert np.array_equal(slot.samples[-1], decoded)
             transcript = await remote.transcribe(SAMPLES, OPTIONS)
             assert transcript.text == "Hello world. Bye." and transcript.duration == 2.0
             assert transcript.segments[0].words[1].word == " world."
             items = [item async for item in remote.stream(SAMPLES, OPTIONS)]
             assert [type(i).__name__ for i in items] == ["Segment", "Segment", "Transcript"]
-            assert slot.calls[0].language == "en"
+            assert slot.calls[-1].language == "en"
         finally:
             await runner.stop(0)
             worker.cancel()

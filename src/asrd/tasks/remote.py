@@ -68,11 +68,15 @@ class WorkerUnavailable(ModelNotReady):
 
 
 def _pcm(samples: np.ndarray) -> bytes:
-    return (np.clip(samples, -1.0, 1.0) * 32767).astype("<i2").tobytes()
+    """The samples as 16-bit little-endian PCM: as decoded (int16) or from floats in [-1, 1]."""
+    if samples.dtype != np.int16:
+        samples = np.clip(samples, -1.0, 1.0) * 32767
+    return samples.astype("<i2", copy=False).tobytes()
 
 
 def _samples(pcm: bytes) -> np.ndarray:
-    return np.frombuffer(pcm, dtype="<i2").astype(np.float32) / 32767
+    """Samples as asrd's decoder gives them (int16, 16 kHz mono)."""
+    return np.frombuffer(pcm, dtype="<i2").astype(np.int16)
 
 
 def _segment(data: dict) -> Segment:

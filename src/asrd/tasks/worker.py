@@ -13,6 +13,7 @@ import secrets
 import socket
 
 import httpx
+import numpy as np
 
 from ..audio import AudioError, AudioTooLong, DecodedAudio, DecodeTooSlow, UnsupportedFormat
 from ..audio_lanes import AudioLanes
@@ -21,7 +22,7 @@ from ..config import Settings
 from ..inputs import UrlNotAllowed, send_checked
 from ..logs import short_id
 from ..registry import ModelNotServed, ModelRegistry
-from ..slot import ModelNotReady
+from ..slot import ModelNotReady, ModelSlot
 from ..transcript import TranscribeOptions, Transcript
 from .model import Task, TaskStatus
 from .queue import TaskQueue
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 CALLBACK_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
 BUDGET_RETRY_S = 1.0
+CANCEL_CHECK_S = 0.25
 
 
 def worker_name() -> str:
@@ -114,19 +116,12 @@ class TaskWorker:
         samples, task.warnings = decoded.samples, list(decoded.warnings)
         del decoded
         options = TranscribeOptions(language=task.language, task=task.type)
-        transcript: Transcript | None = None
         try:
             slot = self.models.get(task.target_model)
         except ModelNotServed as exc:  # served when it was queued (by another replica, say)
             return await self.queue.fail(task, "model_not_found", str(exc))
         try:
-            # Streamed, so a cancelled task stops at the next window instead of running on.
-            async with contextlib.aclosing(slot.stream(samples, options)) as stream:
-                async for item in stream:
-                    if task.cancelled:
-                        break
-                    if isinstance(item, Transcript):
-                        transcript = item
+            transcript = await self._transcribe(task, slot, samples, options)
         except ModelNotReady as exc:
             return await self.queue.fail(task, "model_not_ready", str(exc))
         if task.cancelled or transcript is None:
@@ -142,6 +137,34 @@ class TaskWorker:
             (task.finished_at or 0) - (task.started_at or 0),
         )
         return recorded
+
+    async def _transcribe(
+        self, task: Task, slot: ModelSlot, samples: np.ndarray, options: TranscribeOptions
+    ) -> Transcript | None:
+        """The transcript, or None if the task is cancelled meanwhile (DELETE, here or on
+        another replica): the worker lets go at once, and the job leaves the model at its next
+        batch (streamed, so it stops there instead of running on)."""
+
+        async def run() -> Transcript | None:
+            async with contextlib.aclosing(slot.stream(samples, options)) as stream:
+                async for item in stream:
+                    if isinstance(item, Transcript):
+                        return item
+            return None
+
+        work = asyncio.ensure_future(run())
+        try:
+            while not work.done():
+                await asyncio.wait({work}, timeout=CANCEL_CHECK_S)
+                if task.cancelled and not work.done():
+                    work.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await work
+                    return None
+            return work.result()
+        finally:
+            if not work.done():  # this worker itself is cancelled (shutdown)
+                work.cancel()
 
     async def _decode(self, task: Task, audio: bytes) -> DecodedAudio | None:
         """The task's audio, decoded once the decoded-audio budget has room (a task waits
