@@ -69,23 +69,7 @@ def create_app(
         worker = TaskWorker(queue, models, audio, settings) if settings.role != "api" else None
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
-        if queue.shared:  # never the URL: it may hold a password
-            log.info("ROLE=%s: tasks in Redis under %s:*%s", settings.role, settings.redis_prefix,
-                     ", sync requests run on the workers" if settings.sync_via_workers
-                     and settings.role != "worker" else "")  # fmt: skip
-        sync_runner = None
-        if queue.shared:  # Redis: workers take sync requests too; replicas may send them
-            from .tasks.remote import RemoteLink, RemoteModels, SyncJobRunner
-
-            if worker is not None:
-                sync_runner = SyncJobRunner(queue, models)  # type: ignore[arg-type]
-            if settings.sync_via_workers and settings.role != "worker":
-                link = RemoteLink(
-                    queue,  # type: ignore[arg-type]
-                    wait_s=settings.sync_worker_wait_s,
-                    lease_s=settings.task_lease_s,
-                )
-                app.state.models = RemoteModels(models, link)
+        sync_runner = _scale_out(app, settings, queue, models, worker)
         for slot in models.slots:
             metrics.watch_model(slot)
         if isinstance(queue, MemoryTaskQueue):
@@ -94,7 +78,11 @@ def create_app(
         metrics.watch_budget("decoded_audio", lambda: audio.budget.used)
 
         async def load() -> None:
-            await models.start()
+            try:
+                await models.start()
+            finally:
+                if worker is not None:
+                    worker.ready.set()
             default = models.default
             if default.state is ModelState.FAILED and on_load_failure:
                 on_load_failure(default.error or "unknown error")
@@ -222,6 +210,31 @@ def create_app(
     web.mount_static(app)
     docs.install(app)
     return app
+
+
+def _scale_out(
+    app: FastAPI,
+    settings: Settings,
+    queue: TaskQueue,
+    models: ModelRegistry,
+    worker: TaskWorker | None,
+) -> SyncJobRunner | None:
+    """With a shared (Redis) queue: a worker takes sync requests too (returned, to run), and a
+    replica with SYNC_VIA_WORKERS sends its own to the workers (its routes see slots that run
+    there)."""
+    if not queue.shared:
+        return None
+    from .tasks.redis_queue import RedisTaskQueue
+    from .tasks.remote import RemoteLink, RemoteModels, SyncJobRunner
+
+    assert isinstance(queue, RedisTaskQueue)
+    relayed = settings.sync_via_workers and settings.role != "worker"
+    log.info("ROLE=%s: tasks in Redis under %s:*%s", settings.role, settings.redis_prefix,
+             ", sync requests run on the workers" if relayed else "")  # fmt: skip
+    if relayed:
+        link = RemoteLink(queue, wait_s=settings.sync_worker_wait_s, lease_s=settings.task_lease_s)
+        app.state.models = RemoteModels(models, link)
+    return SyncJobRunner(queue, models, worker.ready) if worker is not None else None
 
 
 async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:

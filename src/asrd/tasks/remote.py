@@ -207,8 +207,11 @@ class SyncJobRunner:
     """The worker's side: take requests from `P:sq` (up to MAX_SYNC_JOBS at once), run them on
     the model, stream the answer back."""
 
-    def __init__(self, queue: RedisTaskQueue, models: ModelRegistry):
+    def __init__(
+        self, queue: RedisTaskQueue, models: ModelRegistry, ready: asyncio.Event | None = None
+    ):
         self.redis, self.prefix, self.models = queue.redis, queue.prefix, models
+        self.ready = ready  # the start-up load is over: requests may be taken
         self.consumer = queue.consumer
         self.stream = f"{self.prefix}:sq"
         self._take = self.redis.register_script(_TAKE)
@@ -223,6 +226,8 @@ class SyncJobRunner:
         return len(self._jobs)
 
     async def run(self) -> None:
+        if self.ready is not None:
+            await self.ready.wait()
         while not self.stopping:
             await self._room.acquire()
             try:

@@ -60,12 +60,16 @@ class TaskWorker:
         self.current: Task | None = None
         self.idle = asyncio.Event()  # set while no task runs (shutdown waits for it)
         self.idle.set()
+        # Set once the start-up load is over: until then no task is taken (with a shared queue,
+        # a worker still loading would fail tasks another worker could run).
+        self.ready = asyncio.Event()
         self._callbacks: set[asyncio.Task] = set()
         self._stopping = False
         self._runner: asyncio.Task | None = None
 
     async def run(self) -> None:
         self._runner = asyncio.current_task()
+        await self.ready.wait()
         while not self._stopping:
             task = await self.queue.next()
             self.current = task
