@@ -488,3 +488,24 @@ def test_a_retried_call_changes_nothing(redis_backend: Backend) -> None:
         }  # fmt: skip
 
     run(redis_backend, scenario)
+
+
+def test_a_worker_takes_nothing_before_its_model_is_loaded() -> None:
+    """A worker that has just started (its start-up load running) leaves the tasks to the
+    workers that can run them, instead of failing them with `model_not_ready`."""
+    from asrd.tasks import TaskWorker
+
+    async def scenario() -> None:
+        queue = MemoryTaskQueue(max_pending=3, max_pending_bytes=100, ttl_s=60,
+                                refresh_on_read=True)  # fmt: skip
+        waiting = task()
+        await queue.submit(waiting)
+        worker = TaskWorker(queue, None, None, None)  # type: ignore[arg-type]
+        runner = asyncio.create_task(worker.run())
+        await asyncio.sleep(0.2)
+        assert (await queue.get(waiting.id))[1] == 1  # still waiting, not taken
+        worker.stop()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
+
+    asyncio.run(scenario())
