@@ -46,6 +46,7 @@ class FakeSlot:
     weights_bytes: int = 75_000_000
     ttl_s: float | None = None
     accepting: bool = True
+    loaded_once: bool = True
 
     @property
     def tasks(self) -> list[str]:
@@ -70,7 +71,7 @@ class FakeSlot:
         return canned(len(samples) / 16_000, options)
 
     async def stream(
-        self, samples: np.ndarray, options: TranscribeOptions
+        self, samples: np.ndarray, options: TranscribeOptions, *, streaming: bool = True
     ) -> AsyncIterator[Segment | Transcript]:
         transcript = await self.transcribe(samples, options)
         for segment in transcript.segments:

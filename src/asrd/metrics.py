@@ -16,6 +16,7 @@ from .logs import escape, request_target
 if TYPE_CHECKING:
     from .audio_lanes import AudioLanes
     from .slot import ModelSlot
+    from .tasks import QueueStats
 
 ACCESS = logging.getLogger("asrd.access")
 
@@ -79,6 +80,20 @@ class Metrics:
             ["stage"], registry=r,
         )  # fmt: skip
         self.queue_depth = Gauge("asrd_task_queue_depth", "Tasks waiting", registry=r)
+        self._live_depth = False
+        # The cluster's view (the same on every process of a Redis deployment; refreshed every
+        # ANNOUNCE_S): what an autoscaler reads.
+        self.cluster_depth = Gauge(
+            "asrd_queue_depth", "Tasks waiting in the (cluster's) queue", registry=r
+        )
+        self.oldest_age = Gauge(
+            "asrd_queue_oldest_age_seconds", "Age of the oldest waiting task (0: none)",
+            registry=r,
+        )  # fmt: skip
+        # One series per live worker (the label set follows the workers, so it stays bounded).
+        self.worker_busy = Gauge(
+            "asrd_worker_busy", "1 while the worker runs a task", ["worker"], registry=r
+        )
 
         self.memory = Gauge(
             "asrd_memory_budget_used_bytes",
@@ -114,7 +129,19 @@ class Metrics:
         lanes.on_stage = lambda stage, s: self.audio_processing.labels(stage).inc(s)
 
     def watch_queue(self, depth: Callable[[], float]) -> None:
+        """The in-memory queue's depth, read live."""
         self.queue_depth.set_function(depth)
+        self._live_depth = True
+
+    def watch_cluster(self, stats: QueueStats, workers: list[dict]) -> None:
+        """The queue's depth and oldest task's age, and each live worker's busy state."""
+        self.cluster_depth.set(stats.depth)
+        self.oldest_age.set(round(stats.oldest_age_s, 3))
+        if not self._live_depth:  # a shared queue: its depth is read here
+            self.queue_depth.set(stats.depth)
+        self.worker_busy.clear()
+        for worker in workers:
+            self.worker_busy.labels(worker["worker"]).set(float(worker["busy"]))
 
 
 class MetricsMiddleware:

@@ -31,7 +31,8 @@ def get_task_queue(request: Request) -> TaskQueue:
     return request.app.state.task_queue
 
 
-def get_task_worker(request: Request) -> TaskWorker:
+def get_task_worker(request: Request) -> TaskWorker | None:
+    """None on an API replica (ROLE=api): the workers run elsewhere."""
     return request.app.state.task_worker
 
 
@@ -47,6 +48,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 AudioDep = Annotated[AudioLanes, Depends(get_audio)]
 TaskQueueDep = Annotated[TaskQueue, Depends(get_task_queue)]
-TaskWorkerDep = Annotated[TaskWorker, Depends(get_task_worker)]
+TaskWorkerDep = Annotated[TaskWorker | None, Depends(get_task_worker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ShutdownDep = Annotated[ShutdownState, Depends(get_shutdown)]
