@@ -314,16 +314,38 @@ class ModelSlot:
 
     # --- transcribing ----------------------------------------------------------------------
 
-    async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
-        """The whole transcript, once every window is decoded."""
+    def in_use(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the model for a while (a live session between its turns): loaded if needed,
+        never unloaded meanwhile."""
+        return self._job()
+
+    async def transcribe(
+        self,
+        samples: np.ndarray,
+        options: TranscribeOptions,
+        *,
+        background: bool = False,
+        speech: list[tuple[float, float]] | None = None,
+    ) -> Transcript:
+        """The whole transcript, once every window is decoded. `background`: at low priority
+        (live captions' partial re-decodes); `speech`: the speech spans (seconds) when known,
+        so no VAD runs."""
         transcript = None
-        async for item in self.stream(samples, options, streaming=False):
+        async for item in self.stream(
+            samples, options, streaming=False, background=background, speech=speech
+        ):
             transcript = item
         assert isinstance(transcript, Transcript)
         return transcript
 
     async def stream(
-        self, samples: np.ndarray, options: TranscribeOptions, *, streaming: bool = True
+        self,
+        samples: np.ndarray,
+        options: TranscribeOptions,
+        *,
+        streaming: bool = True,
+        background: bool = False,
+        speech: list[tuple[float, float]] | None = None,
     ) -> AsyncIterator[Segment | Transcript]:
         """Segments as soon as their windows are decoded, then the whole `Transcript`.
 
@@ -340,10 +362,14 @@ class ModelSlot:
                     loop.call_soon_threadsafe(queue.put_nowait, item)
 
             settings = self.decode_settings
-            job = await self.audio.find_speech(
-                samples,
-                lambda audio: new_job(audio, options, settings, to_loop if streaming else None),
-            )
+            listener = to_loop if streaming else None
+            if speech is None:
+                job = await self.audio.find_speech(
+                    samples, lambda audio: new_job(audio, options, settings, listener)
+                )
+            else:
+                job = new_job(samples, options, settings, listener, speech)
+            job.background = background
             if streaming and options.batch_size:
                 job.max_per_batch = options.batch_size
             job.future.add_done_callback(to_loop)
@@ -361,7 +387,7 @@ class ModelSlot:
                             for segment in result.segments:
                                 placed.append(clock.place(_segment(segment, len(placed))))
                         transcript = _transcript(result, placed, samples, options)
-                        if self.on_transcribed is not None:
+                        if self.on_transcribed is not None and not background:
                             self.on_transcribed(transcript.duration, time.perf_counter() - started)
                         yield transcript
                         return
