@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -14,7 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .api import asr, docs, health, manage, openai, tasks, web
+from .api import asr, docs, health, manage, openai, realtime, tasks, web
 from .audio_lanes import AudioLanes
 from .auth import ApiKeyMiddleware
 from .budget import MemoryBudget
@@ -63,6 +64,9 @@ def create_app(
             max_results=settings.max_stored_results,
         )
         worker = TaskWorker(queue, models, audio, settings)
+        # Live sessions' audio conversion and speech scoring (a few ms per append), off the loop.
+        live = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-realtime")
+        app.state.realtime_executor = live
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
         for slot in models.slots:
@@ -113,6 +117,7 @@ def create_app(
                 await asyncio.sleep(0.05)
             models.close()
             audio.close()
+            live.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(
         title="asrd",
@@ -146,6 +151,7 @@ def create_app(
         upload_limit_bytes=settings.max_upload_bytes,
         form_overhead_bytes=BODY_OVERHEAD_BYTES,
         memory=uploads,
+        message_limit_bytes=settings.realtime_max_message_bytes,
     )
     app.add_middleware(UploadRateMiddleware, min_bytes_per_s=settings.min_upload_kb_s * 1024)
     if settings.api_keys:
@@ -160,7 +166,10 @@ def create_app(
     app.add_middleware(ShutdownMiddleware, state=shutdown)
     # Outside the key check, so refused requests are counted and logged too.
     app.add_middleware(
-        MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
+        MetricsMiddleware,
+        metrics=metrics,
+        max_in_flight=settings.max_concurrent_requests,
+        max_sessions=settings.max_realtime_sessions,
     )
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins
@@ -181,6 +190,7 @@ def create_app(
     app.include_router(health.router)
     app.include_router(asr.router)
     app.include_router(openai.router)
+    app.include_router(realtime.router)
     app.include_router(tasks.router)
     app.include_router(manage.router)
     app.include_router(web.router)
