@@ -13,13 +13,14 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import CLIPS, decode_pcm
 
 from asrd.realtime.session import RealtimeSession, SessionLimits, SessionOver
 from asrd.registry import ModelNotServed
 from asrd.transcript import Segment, TranscribeOptions, Transcript
 
-WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
+from conftest import CLIPS, decode_pcm
+
+WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima".split()  # noqa: SIM905
 
 
 class CountingSlot:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import CLIPS, SAMPLE_RATE, decode_pcm, encode
 from openai.types.beta.realtime.transcription_session import TranscriptionSession
 from openai.types.realtime import (
     ConversationItemInputAudioTranscriptionCompletedEvent,
@@ -27,8 +26,16 @@ from asrd.realtime.protocol import (
     session_json,
 )
 from asrd.realtime.session import SampleBuffer
-from asrd.realtime.turns import MAX_TURN_S, SpeechStarted, SpeechStopped, TurnDetection, TurnDetector
+from asrd.realtime.turns import (
+    MAX_TURN_S,
+    SpeechStarted,
+    SpeechStopped,
+    TurnDetection,
+    TurnDetector,
+)
 from asrd.vad import WINDOW, StreamingVad, _probabilities
+
+from conftest import CLIPS, SAMPLE_RATE, decode_pcm, encode
 
 
 def test_g711_tables_match_ffmpeg() -> None:
@@ -128,8 +135,9 @@ def test_session_configuration_in_both_shapes_parses_with_the_sdk() -> None:
     parsed = RealtimeTranscriptionSessionCreateResponse.model_validate(ga)
     assert parsed.audio.input.turn_detection.silence_duration_ms == 500
     assert parsed.audio.input.format.rate == 24_000
-    beta = TranscriptionSession.model_validate({**session_json(config, "s", 1, "beta"),
-                                                "client_secret": {"value": "", "expires_at": 0}})
+    beta = TranscriptionSession.model_validate(
+        {**session_json(config, "s", 1, "beta"), "client_secret": {"value": "", "expires_at": 0}}
+    )
     assert beta.input_audio_format == "pcm16"
 
 
