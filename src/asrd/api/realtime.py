@@ -164,6 +164,8 @@ async def _read(
                     f"the session reached its limit of {limit:g} s (REALTIME_MAX_SESSION_S)",
                     code="session_expired"))  # fmt: skip
                 return 1008, "session time limit (REALTIME_MAX_SESSION_S)"
+            if session.busy:
+                continue  # waiting for its turn's text is not idling
             return 1000, "idle timeout (REALTIME_IDLE_TIMEOUT_S)"
         if message["type"] == "websocket.disconnect":
             return None, ""

@@ -164,6 +164,11 @@ class RealtimeSession:
         task.add_done_callback(self._tasks.discard)
         return task
 
+    @property
+    def busy(self) -> bool:
+        """A turn is being decoded (a client waiting for it is not idle)."""
+        return self._final_task is not None and not self._final_task.done()
+
     async def drain(self, timeout_s: float) -> None:
         """Wait (at most `timeout_s`) for the turns being decoded to be sent."""
         if self._final_task is not None:
