@@ -171,6 +171,20 @@ class AsrdProtocol(H11Protocol):
             self._cancel_header_timer()
             self.table.set_busy(self)
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """A WebSocket (a live session) leaves the connection table: MAX_REALTIME_SESSIONS
+        bounds those (the h11 protocol hands the socket over and never hears of it again).
+        A connection refused for MAX_CONNECTIONS is refused here too."""
+        self._cancel_header_timer()
+        if self in self.table.refusing:
+            message = f"too many connections (MAX_CONNECTIONS={self.table.cap}) and all busy"
+            body = error_body("too_many_connections", message)
+            self.transport.write(_raw_response(503, "Service Unavailable", body))
+            self.transport.close()
+            return
+        self.table.close(self)
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         # Idle before uvicorn looks for a pipelined request (which makes it busy again).
         self._busy = self._partial = False

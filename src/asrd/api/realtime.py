@@ -25,11 +25,11 @@ from starlette.websockets import WebSocketDisconnect, WebSocketState
 from ..auth import KEY_SUBPROTOCOL, subprotocols
 from ..config import Settings
 from ..errors import openai_error_body
-from ..metrics import Metrics
 from ..realtime.protocol import Shape, error_event
 from ..realtime.session import RealtimeSession, SessionHooks, SessionLimits, SessionOver
-from ..registry import ModelNotServed, ModelRegistry
+from ..registry import ModelNotServed
 from ..slot import ModelNotReady
+from .deps import MetricsDep, ModelsDep, RealtimeThreadDep, SettingsDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["OpenAI Realtime API"])
@@ -40,10 +40,13 @@ BETA_SUBPROTOCOL = "openai-beta.realtime-v1"
 
 
 @router.websocket("/v1/realtime")
-async def realtime(websocket: WebSocket) -> None:
-    app = websocket.app
-    settings: Settings = app.state.settings
-    models: ModelRegistry = app.state.models
+async def realtime(
+    websocket: WebSocket,
+    models: ModelsDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    thread: RealtimeThreadDep,
+) -> None:
     params = websocket.query_params
     intent = params.get("intent")
     if intent not in (None, "transcription"):
@@ -66,7 +69,6 @@ async def realtime(websocket: WebSocket) -> None:
     offered = subprotocols(websocket.scope["headers"])
     beta = BETA_SUBPROTOCOL in offered or "realtime=v1" in websocket.headers.get("openai-beta", "")
     shape: Shape = "beta" if beta else "ga"
-    metrics: Metrics = app.state.metrics
     outbox: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
     overflow = asyncio.Event()
 
@@ -88,7 +90,7 @@ async def realtime(websocket: WebSocket) -> None:
     )
     session = RealtimeSession(
         models=models,
-        executor=app.state.realtime_executor,
+        executor=thread,
         limits=limits,
         send=send,
         shape=shape,
