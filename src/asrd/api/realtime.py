@@ -127,10 +127,12 @@ async def realtime(
         else:
             reader.cancel()
             code = None  # the client is gone
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
+        await asyncio.wait({reader})  # cancelled or done: its own error is not ours
     except SessionOver as exc:
         code, reason = exc.code, exc.reason
+    except Exception:  # a bug: this session ends, the server goes on
+        log.exception("live session %s failed", session.id)
+        code, reason = 1011, "internal error"
     finally:
         await session.close()
         if code is not None and not writer.done():
