@@ -13,8 +13,9 @@ from collections import OrderedDict
 from typing import ClassVar
 
 import h11
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .errors import error_body, send_error
 
@@ -231,3 +232,14 @@ class AsrdProtocol(H11Protocol):
         message = f"too many connections (MAX_CONNECTIONS={self.table.cap}) and all busy; retry"
         headers = {"Retry-After": "2", "Connection": "close"}
         await send_error(scope, send, 503, "too_many_connections", message, headers)
+
+
+class AsrdWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, knowing that a handshake refused with an HTTP
+    answer (ASGI's `websocket.http.response`: a 401, a 503) is complete: uvicorn would log
+    "ASGI callable returned without completing handshake" as an error for every refusal."""
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True
