@@ -48,6 +48,11 @@ from .turns import SpeechStarted, SpeechStopped, TurnDetector
 log = logging.getLogger(__name__)
 
 MIN_COMMIT_S = 0.1  # OpenAI refuses to commit less than 100 ms of audio
+# A re-decode of the open turn whose audio reaches this far into the silence that then ends
+# the turn heard all of its speech: its text is the turn's final text (no decode after the
+# turn ends, so `completed` follows `speech_stopped` at once). One is started as soon as the
+# silence is this long.
+COVERED_S = 0.15
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # bigger messages are parsed on the session thread
 
 
@@ -139,6 +144,8 @@ class RealtimeSession:
         self._captions = StablePrefix()
         self._partial_task: asyncio.Task | None = None
         self._partial_length = 0  # samples of the open utterance at its last re-decode
+        self._partial_end = 0  # where the audio of the latest re-decode ends (session samples)
+        self._heard: tuple[int, str] | None = None  # the latest re-decode's (audio end, text)
         self._final_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._apply_turn_detection()
@@ -341,7 +348,13 @@ class RealtimeSession:
         samples = self.buffer.slice(start, turn.detected)
         self.buffer.drop_before(turn.detected)
         self._utterance_start = None
-        await self._commit(samples, speech_known=True)
+        covered = turn.at + int(COVERED_S * SAMPLE_RATE)
+        heard = None
+        if self._heard is not None and self._heard[0] >= covered:
+            heard = self._heard[1]
+        elif self._partial_end >= covered and self._partial_task is not None:
+            heard = self._partial_task  # on its way: it races the turn's own decode
+        await self._commit(samples, speech_known=True, heard=heard)
 
     async def _commit_by_client(self) -> None:
         start = self._utterance_start if self._utterance_start is not None else self.buffer.start
@@ -367,18 +380,27 @@ class RealtimeSession:
         self._next_item()
         await self.send(event("input_audio_buffer.cleared"))
 
-    def _next_item(self) -> str:
-        """A new pending item; returns the one that was pending."""
+    def _next_item(self, keep: asyncio.Task | None = None) -> str:
+        """A new pending item; returns the one that was pending. Its re-decode in progress is
+        stopped, unless it is `keep` (its text may be the turn's final text)."""
         item, self.item_id = self.item_id, new_id("item")
         self._captions, self._partial_length = StablePrefix(), 0
-        if self._partial_task is not None:
+        self._partial_end, self._heard = 0, None
+        if self._partial_task is not None and self._partial_task is not keep:
             self._partial_task.cancel()
-            self._partial_task = None
+        self._partial_task = None
         return item
 
-    async def _commit(self, samples: np.ndarray, *, speech_known: bool) -> None:
+    async def _commit(
+        self,
+        samples: np.ndarray,
+        *,
+        speech_known: bool,
+        heard: str | asyncio.Task | None = None,
+    ) -> None:
         committed_at = time.monotonic()
-        previous, item = self.previous_item_id, self._next_item()
+        keep = heard if isinstance(heard, asyncio.Task) else None
+        previous, item = self.previous_item_id, self._next_item(keep)
         self.previous_item_id = item
         await self.send(
             event("input_audio_buffer.committed", previous_item_id=previous, item_id=item)
@@ -393,7 +415,7 @@ class RealtimeSession:
         before = self._final_task
         speech = [(0.0, len(samples) / SAMPLE_RATE)] if speech_known else None
         self._final_task = self._spawn(
-            self._final(item, previous, samples, speech, before, committed_at)
+            self._final(item, previous, samples, speech, before, committed_at, heard)
         )
 
     def _options(self) -> TranscribeOptions:
@@ -407,10 +429,11 @@ class RealtimeSession:
         speech: list[tuple[float, float]] | None,
         before: asyncio.Task | None,
         committed_at: float,
+        heard: str | asyncio.Task | None = None,
     ) -> None:
         slot, failure, text = self.slot, None, ""
         try:
-            text = (await slot.transcribe(samples, self._options(), speech=speech)).text
+            text = await self._final_text(samples, speech, heard)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the model failed, or can't be had: this turn fails
@@ -442,6 +465,33 @@ class RealtimeSession:
                          item=user_item(item, text))  # fmt: skip
             await self.send(done)
 
+    async def _final_text(
+        self,
+        samples: np.ndarray,
+        speech: list[tuple[float, float]] | None,
+        heard: str | asyncio.Task | None,
+    ) -> str:
+        """The turn's text: what a re-decode that covered all of its speech heard, else (or if
+        that re-decode is slower) the turn decoded at normal priority."""
+        if isinstance(heard, str):
+            return heard
+        own = asyncio.ensure_future(self.slot.transcribe(samples, self._options(), speech=speech))
+        if heard is None:
+            return (await own).text
+        try:
+            done, _ = await asyncio.wait({own, heard}, return_when=asyncio.FIRST_COMPLETED)
+            if (
+                heard in done
+                and not heard.cancelled()
+                and heard.exception() is None
+                and heard.result() is not None
+            ):
+                return heard.result()
+            return (await own).text
+        finally:
+            for task in (own, heard):
+                task.cancel()
+
     # --- partial text --------------------------------------------------------------------------
 
     def _maybe_partial(self) -> None:
@@ -449,23 +499,38 @@ class RealtimeSession:
         its previous re-decode is still on its way."""
         if self._partial_task is not None and not self._partial_task.done():
             return
+        early = False
         if self._turns is not None:
             if not self._turns.speaking or self._utterance_start is None:
                 return
             start = self._utterance_start
+            # The speaker paused: hear the whole turn now, in case the pause ends it.
+            silence = self._turns.silence_since
+            covered = silence is not None and self._partial_end >= silence + COVERED_S * SAMPLE_RATE
+            early = (
+                silence is not None
+                and not covered
+                and self.buffer.end - silence >= COVERED_S * SAMPLE_RATE
+            )
         else:
             start = self.buffer.start
         length = self.buffer.end - start
-        if length - self._partial_length < self.limits.partial_interval_s * SAMPLE_RATE:
+        if (
+            not early
+            and length - self._partial_length < self.limits.partial_interval_s * SAMPLE_RATE
+        ):
             return
-        self._partial_length = length
+        self._partial_length, self._partial_end = length, self.buffer.end
         samples = self.buffer.slice(start, self.buffer.end)
         speech = [(0.0, length / SAMPLE_RATE)] if self._turns is not None else None
         self._partial_task = self._spawn(self._partial(self.item_id, samples, speech))
 
     async def _partial(
         self, item: str, samples: np.ndarray, speech: list[tuple[float, float]] | None
-    ) -> None:
+    ) -> str | None:
+        """Decode the open turn again (low priority); send the newly agreed words. Returns
+        what it heard (None if it failed)."""
+        end = self._partial_end
         slot = self.slot
         try:
             transcript = await slot.transcribe(
@@ -475,9 +540,10 @@ class RealtimeSession:
             raise
         except Exception as exc:  # partial text is best effort: the turn's final decode decides
             log.debug("a partial re-decode failed: %s", exc)
-            return
+            return None
         if item != self.item_id:
-            return  # committed or cleared meanwhile
+            return transcript.text  # committed meanwhile: maybe the turn's final text
+        self._heard = (end, transcript.text)
         first = not self._captions.text
         delta = self._captions.update(transcript.text)
         if delta:
@@ -491,6 +557,7 @@ class RealtimeSession:
             )
             if first and self._turns is not None:
                 self.hooks.first_delta(slot.public_id, time.monotonic() - self._speech_started_at)
+        return transcript.text
 
 
 def _param(shape: Shape, name: str) -> str:

@@ -49,7 +49,7 @@ class TurnDetector:
         self.settings = settings
         self.speaking = False
         self.started = 0
-        self._silence_since: int | None = None
+        self.silence_since: int | None = None
 
     def push(self, probabilities: np.ndarray, first_sample: int) -> list[TurnEvent]:
         """Events for consecutive windows' probabilities, the first window starting at
@@ -62,27 +62,27 @@ class TurnDetector:
             end = position + WINDOW
             if not self.speaking:
                 if probability >= threshold:
-                    self.speaking, self.started, self._silence_since = True, position, None
+                    self.speaking, self.started, self.silence_since = True, position, None
                     events.append(SpeechStarted(position))
                 continue
             if probability >= threshold:
-                self._silence_since = None
-            elif probability < quiet and self._silence_since is None:
-                self._silence_since = position
+                self.silence_since = None
+            elif probability < quiet and self.silence_since is None:
+                self.silence_since = position
             length_s = (end - self.started) / SAMPLE_RATE
-            if self._silence_since is not None:
+            if self.silence_since is not None:
                 needed_ms = self.settings.silence_duration_ms
                 if length_s > LONG_TURN_S:
                     needed_ms = min(needed_ms, SHORT_PAUSE_MS)
-                if (end - self._silence_since) * 1000 >= needed_ms * SAMPLE_RATE:
-                    events.append(SpeechStopped(self._silence_since, end))
-                    self.speaking = False
+                if (end - self.silence_since) * 1000 >= needed_ms * SAMPLE_RATE:
+                    events.append(SpeechStopped(self.silence_since, end))
+                    self.speaking, self.silence_since = False, None
                     continue
             if length_s >= MAX_TURN_S:  # no pause at all: cut, and go on with a new turn
                 events += [SpeechStopped(end, end), SpeechStarted(end)]
-                self.started, self._silence_since = end, None
+                self.started, self.silence_since = end, None
         return events
 
     def reset(self) -> None:
         """The buffer was cleared or committed by the client: no turn in progress."""
-        self.speaking, self._silence_since = False, None
+        self.speaking, self.silence_since = False, None
