@@ -29,7 +29,7 @@ from ..languages import UnknownLanguage, language_code
 from ..registry import ModelNotServed, ModelRegistry
 from ..slot import ModelNotReady, ModelSlot
 from ..transcript import TranscribeOptions
-from ..vad import StreamingVad
+from ..vad import WINDOW, StreamingVad
 from .audio import InputConverter
 from .captions import StablePrefix
 from .protocol import (
@@ -276,13 +276,9 @@ class RealtimeSession:
     async def _append(self, audio: Any) -> None:
         if not isinstance(audio, str):
             raise EventError("`audio` must be base64-encoded audio", "audio", "invalid_value")
-        try:
-            data = base64.b64decode(audio, validate=True)
-        except (binascii.Error, ValueError):
-            raise EventError("`audio` is not valid base64", "audio", "invalid_value") from None
-        if not data:
+        if not audio:
             return
-        incoming = len(data) / self._converter.bytes_per_second()
+        incoming = len(audio) * 3 / 4 / self._converter.bytes_per_second()
         buffered = len(self.buffer) * 2 + int(incoming * SAMPLE_RATE * 2)
         if self._turns is None and buffered > self.limits.max_buffer_bytes:
             raise EventError(
@@ -294,13 +290,13 @@ class RealtimeSession:
         if (self.buffer.end / SAMPLE_RATE) + incoming > self.limits.max_audio_s:
             raise SessionOver(1008, "the session sent more audio than REALTIME_MAX_SESSION_S")
         loop = asyncio.get_running_loop()
-        samples, probabilities = await loop.run_in_executor(self.executor, self._score, data)
+        samples, probabilities = await loop.run_in_executor(self.executor, self._score, audio)
         self.buffer.append(samples)
         self.hooks.audio(self.slot.public_id, len(samples) / SAMPLE_RATE)
         if self._turns is not None and probabilities is not None:
             vad = self._vad
             assert vad is not None
-            origin = self._vad_origin + (vad.windows - len(probabilities)) * 512
+            origin = self._vad_origin + (vad.windows - len(probabilities)) * WINDOW
             for turn in self._turns.push(probabilities, origin):
                 if isinstance(turn, SpeechStarted):
                     await self._speech_started(turn.at)
@@ -311,8 +307,13 @@ class RealtimeSession:
                 self.buffer.drop_before(self.buffer.end - keep)
         self._maybe_partial()
 
-    def _score(self, data: bytes) -> tuple[np.ndarray, np.ndarray | None]:
-        """On the session thread: convert the audio, score its speech (server VAD)."""
+    def _score(self, audio: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """On the session thread: decode the base64, convert the audio, score its speech
+        (server VAD)."""
+        try:
+            data = base64.b64decode(audio, validate=True)
+        except (binascii.Error, ValueError):
+            raise EventError("`audio` is not valid base64", "audio", "invalid_value") from None
         samples = self._converter.convert(data)
         if self._turns is None:
             return samples, None
