@@ -253,7 +253,9 @@ class Scheduler:
             self._intake.clear()
         for job in arrived:
             self._admit(job)
-        admitted = [job for job in arrived if job in self._jobs]
+        # Background jobs (partial re-decodes) wait for the next batch: they never push a
+        # request's input out of this one.
+        admitted = [job for job in arrived if job in self._jobs and not job.background]
         joining = [job.pending.popleft() for job in newcomers(admitted, batch_key(done[0][0]))]
         if not joining:
             return waiting
