@@ -124,7 +124,6 @@ def test_server_vad_at_real_time_pace_partial_then_final_text(live: AsrdServer) 
     first, first_text = clip("en_ls_1272-128104-0000.wav")
     second, second_text = clip("en_cmuarctic_a0024.wav")
     audio = np.concatenate([silence(0.5), first, silence(1.2), second, silence(1.5)])
-    first_end_s = 0.5 + len(first) / 16_000
 
     async def scenario() -> tuple[Recorder, list[float]]:
         recorder = Recorder()
@@ -144,34 +143,39 @@ def test_server_vad_at_real_time_pace_partial_then_final_text(live: AsrdServer) 
     assert recorder.kinds()[:2] == ["session.created", "session.updated"]
     updated = recorder.of("session.updated")[0]["session"]
     assert updated["audio"]["input"]["transcription"]["language"] == "en"
+    # One turn per sentence, chained in order, each completed in turn.
     committed = recorder.of("input_audio_buffer.committed")
-    assert len(committed) == 2 and committed[0]["previous_item_id"] is None
-    assert committed[1]["previous_item_id"] == committed[0]["item_id"]
+    items = [c["item_id"] for c in committed]
+    assert len(items) == 2 and committed[0]["previous_item_id"] is None
+    assert committed[1]["previous_item_id"] == items[0]
     completed = recorder.of("conversation.item.input_audio_transcription.completed")
-    assert [c["item_id"] for c in completed] == [c["item_id"] for c in committed]
+    assert [c["item_id"] for c in completed] == items
     assert wer(first_text, completed[0]["transcript"]) <= 0.25, completed[0]["transcript"]
     assert wer(second_text, completed[1]["transcript"]) <= 0.25, completed[1]["transcript"]
     assert completed[0]["usage"]["type"] == "duration"
     started = recorder.of("input_audio_buffer.speech_started")
-    assert started[0]["item_id"] == committed[0]["item_id"]
-    assert 0 <= started[0]["audio_start_ms"] <= 1500
-    # Partial text for the first turn: append-only deltas, the first while it was still
-    # being spoken, agreeing with the final text.
-    deltas = [d for d in recorder.of("conversation.item.input_audio_transcription.delta")
-              if d["item_id"] == committed[0]["item_id"]]  # fmt: skip
-    assert deltas, recorder.kinds()
-    speech_end = sent[int(first_end_s / CHUNK_S)]
-    assert recorder.when(deltas[0]) < speech_end
-    partial = "".join(d["delta"] for d in deltas)
-    words = len(partial.split())
-    reference_prefix = " ".join(first_text.split()[:words])
-    assert wer(reference_prefix, partial) <= 0.35, partial
-    assert recorder.when(deltas[-1]) <= recorder.when(completed[0])
+    stopped = recorder.of("input_audio_buffer.speech_stopped")
+    assert [e["item_id"] for e in started] == [e["item_id"] for e in stopped] == items
+    assert 300 <= started[0]["audio_start_ms"] <= 1500  # the clip's speech begins at ~1.1 s
     done = recorder.of("conversation.item.done")
     assert done[0]["item"]["content"][0]["transcript"] == completed[0]["transcript"]
+    # Partial text, per turn: append-only deltas agreeing with the final text, the first
+    # while the turn was still being spoken (before its speech end was even sent).
+    for index, item in enumerate(items):
+        deltas = [d for d in recorder.of("conversation.item.input_audio_transcription.delta")
+                  if d["item_id"] == item]  # fmt: skip
+        assert deltas, recorder.kinds()
+        speech_end = sent[min(len(sent) - 1, stopped[index]["audio_end_ms"] // 100)]
+        assert recorder.when(deltas[0]) < speech_end
+        partial = "".join(d["delta"] for d in deltas)
+        final_words = completed[index]["transcript"].split()
+        same_length = " ".join(final_words[: len(partial.split())])
+        assert wer(same_length, partial) <= 0.35, (partial, completed[index]["transcript"])
+        assert recorder.when(deltas[-1]) <= recorder.when(completed[index])
 
 
-def test_faster_than_real_time_two_turns(live: AsrdServer) -> None:
+def test_faster_than_real_time_with_pauses(live: AsrdServer) -> None:
+    """JFK's pauses end turns (four); then another speaker: every word, in order."""
     first, first_text = clip("en_jfk_inaugural_1961.flac")
     second, second_text = clip("en_timit_LDC93S1.wav")
     audio = np.concatenate([first, silence(1.2), second, silence(1.2)])
@@ -181,14 +185,22 @@ def test_faster_than_real_time_two_turns(live: AsrdServer) -> None:
         async with client(live).realtime.connect(extra_query={"intent": "transcription"}) as conn:
             reading = asyncio.create_task(recorder.run(conn))
             await stream(conn, pcm24(audio), 48_000, pace=None)
-            await recorder.wait_for("conversation.item.input_audio_transcription.completed", 2)
+            await recorder.wait_for("input_audio_buffer.committed", 2)
+            await asyncio.sleep(0.5)  # the last turn's end is in the audio already sent
+            count = len(recorder.of("input_audio_buffer.committed"))
+            await recorder.wait_for("conversation.item.input_audio_transcription.completed", count)
             reading.cancel()
         return recorder
 
     recorder = asyncio.run(scenario())
+    committed = recorder.of("input_audio_buffer.committed")
     completed = recorder.of("conversation.item.input_audio_transcription.completed")
-    assert wer(first_text, completed[0]["transcript"]) <= 0.25, completed[0]["transcript"]
-    assert wer(second_text, completed[1]["transcript"]) <= 0.35, completed[1]["transcript"]
+    assert len(committed) >= 3
+    assert [c["item_id"] for c in completed] == [c["item_id"] for c in committed]
+    for earlier, later in zip(committed, committed[1:], strict=False):
+        assert later["previous_item_id"] == earlier["item_id"]
+    heard = " ".join(c["transcript"] for c in completed)
+    assert wer(f"{first_text} {second_text}", heard) <= 0.25, heard
 
 
 def test_beta_client_manual_commit_g711(live: AsrdServer) -> None:
