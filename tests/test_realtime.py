@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import json
 import time
 from collections.abc import Iterator
@@ -197,7 +198,7 @@ def test_faster_than_real_time_with_pauses(live: AsrdServer) -> None:
     completed = recorder.of("conversation.item.input_audio_transcription.completed")
     assert len(committed) >= 3
     assert [c["item_id"] for c in completed] == [c["item_id"] for c in committed]
-    for earlier, later in zip(committed, committed[1:], strict=False):
+    for earlier, later in itertools.pairwise(committed):
         assert later["previous_item_id"] == earlier["item_id"]
     heard = " ".join(c["transcript"] for c in completed)
     assert wer(f"{first_text} {second_text}", heard) <= 0.25, heard
