@@ -209,7 +209,7 @@ def test_bad_events_get_errors_and_the_session_goes_on() -> None:
 
 def test_limits_buffer_and_session_audio() -> None:
     async def scenario() -> tuple[Harness, bool]:
-        h = Harness(SessionLimits(max_buffer_bytes=64_000, partial_interval_s=0.5, max_audio_s=3))
+        h = Harness(SessionLimits(max_buffer_bytes=64_000, partial_interval_s=0.5, max_session_s=3))
         await h.session.start()
         await h.send({"type": "session.update",
                       "session": {"audio": {"input": {"turn_detection": None}}}})  # fmt: skip

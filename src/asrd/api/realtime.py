@@ -86,7 +86,7 @@ async def realtime(
     limits = SessionLimits(
         max_buffer_bytes=settings.realtime_max_buffer_bytes,
         partial_interval_s=settings.realtime_partial_interval_ms / 1000,
-        max_audio_s=settings.realtime_max_session_s,
+        max_session_s=settings.realtime_max_session_s,
     )
     session = RealtimeSession(
         models=models,

@@ -23,7 +23,6 @@ BETA_FORMATS: dict[str, AudioFormat] = {
     "g711_ulaw": "audio/pcmu",
     "g711_alaw": "audio/pcma",
 }
-SESSION_TTL_S = 3600
 
 
 class EventError(Exception):

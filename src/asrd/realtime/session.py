@@ -60,7 +60,7 @@ PARSE_OFF_LOOP_BYTES = 256 * 1024  # bigger messages are parsed on the session t
 class SessionLimits:
     max_buffer_bytes: int  # the uncommitted audio, at 16 kHz 16-bit
     partial_interval_s: float  # new audio between two re-decodes of the open utterance
-    max_audio_s: float  # audio a session may send in all
+    max_session_s: float  # how long a session may last, and how much audio it may send
 
 
 @dataclass
@@ -128,7 +128,7 @@ class RealtimeSession:
         self.send, self.shape = send, shape
         self.hooks = hooks or SessionHooks()
         self.id = new_id("sess")
-        self.expires_at = int(time.time()) + 3600
+        self.expires_at = int(time.time() + limits.max_session_s)
         self.slot: ModelSlot = models.get(model)
         self.config = SessionConfig(model=model or self.slot.public_id)
         self._hold = contextlib.AsyncExitStack()
@@ -287,7 +287,7 @@ class RealtimeSession:
                 "audio",
                 "input_audio_buffer_full",
             )
-        if (self.buffer.end / SAMPLE_RATE) + incoming > self.limits.max_audio_s:
+        if (self.buffer.end / SAMPLE_RATE) + incoming > self.limits.max_session_s:
             raise SessionOver(1008, "the session sent more audio than REALTIME_MAX_SESSION_S")
         loop = asyncio.get_running_loop()
         samples, probabilities = await loop.run_in_executor(self.executor, self._score, audio)
