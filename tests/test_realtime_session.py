@@ -28,8 +28,10 @@ class CountingSlot:
 
     public_id, accepting, multilingual = "tiny.en", True, False
 
-    def __init__(self) -> None:
+    def __init__(self, language: str = "en", multilingual: bool = False) -> None:
         self.calls: list[tuple[float, bool]] = []
+        self.languages: list[str | None] = []  # the language each call was given
+        self.language, self.multilingual = language, multilingual
 
     def in_use(self) -> contextlib.AbstractAsyncContextManager[None]:
         return contextlib.nullcontext()  # type: ignore[return-value]
@@ -44,9 +46,10 @@ class CountingSlot:
     ) -> Transcript:  # fmt: skip
         duration = len(samples) / 16_000
         self.calls.append((duration, background))
+        self.languages.append(options.language)
         await asyncio.sleep(0.01)
         text = " " + " ".join(WORDS[: int(duration / 0.4)])
-        return Transcript([Segment(0.0, duration, text)], "en", duration)
+        return Transcript([Segment(0.0, duration, text)], self.language, duration, 0.97)
 
 
 class Registry:
@@ -75,8 +78,8 @@ def silence(seconds: float) -> np.ndarray:
 
 
 class Harness:
-    def __init__(self, limits: SessionLimits | None = None):
-        self.slot = CountingSlot()
+    def __init__(self, limits: SessionLimits | None = None, slot: CountingSlot | None = None):
+        self.slot = slot or CountingSlot()
         self.events: list[dict[str, Any]] = []
         self.executor = ThreadPoolExecutor(1)
         self.session = RealtimeSession(
@@ -226,3 +229,17 @@ def test_limits_buffer_and_session_audio() -> None:
     h, over = run(scenario())
     assert "input_audio_buffer_full" in [e["error"]["code"] for e in h.of("error")]
     assert over
+
+
+def test_a_multilingual_model_keeps_the_language_a_turn_made_clear() -> None:
+    async def scenario() -> Harness:
+        h = Harness(slot=CountingSlot(language="fr", multilingual=True))
+        await h.session.start()
+        audio = np.concatenate([speech(), silence(1.2), speech(), silence(1.2)])
+        await h.append(pcm24(audio), pause_s=0.015)
+        await h.settle()
+        return h
+
+    h = run(scenario())
+    assert h.slot.languages[0] is None  # detected by the model at first
+    assert h.slot.languages[-1] == "fr"  # then kept: no detection for every re-decode

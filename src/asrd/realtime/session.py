@@ -28,7 +28,7 @@ from ..audio import SAMPLE_RATE
 from ..languages import UnknownLanguage, language_code
 from ..registry import ModelNotServed, ModelRegistry
 from ..slot import ModelNotReady, ModelSlot
-from ..transcript import TranscribeOptions
+from ..transcript import TranscribeOptions, Transcript
 from ..vad import WINDOW, StreamingVad
 from .audio import InputConverter
 from .captions import StablePrefix
@@ -53,6 +53,11 @@ MIN_COMMIT_S = 0.1  # OpenAI refuses to commit less than 100 ms of audio
 # turn ends, so `completed` follows `speech_stopped` at once). One is started as soon as the
 # silence is this long.
 COVERED_S = 0.15
+# A multilingual model's language, found in a turn this long with this much certainty, is
+# kept for the session's next turns (when the client gave none): no detection pass for each
+# of their re-decodes, and short turns aren't decoded alone for want of a sure language.
+SURE_LANGUAGE_S = 2.0
+SURE_LANGUAGE = 0.9
 PARSE_OFF_LOOP_BYTES = 256 * 1024  # bigger messages are parsed on the session thread
 
 
@@ -145,7 +150,9 @@ class RealtimeSession:
         self._partial_task: asyncio.Task | None = None
         self._partial_length = 0  # samples of the open utterance at its last re-decode
         self._partial_end = 0  # where the audio of the latest re-decode ends (session samples)
-        self._heard: tuple[int, str] | None = None  # the latest re-decode's (audio end, text)
+        self._heard: tuple[int, Transcript] | None = None  # the latest re-decode, its audio end
+        # A multilingual model's language, once a turn has made it clear (when not given).
+        self._language: str | None = None
         self._final_task: asyncio.Task | None = None
         self._tasks: set[asyncio.Task] = set()
         self._apply_turn_detection()
@@ -243,6 +250,8 @@ class RealtimeSession:
                 slot.check_language(config.language)
             except (UnknownLanguage, ValueError) as exc:
                 raise EventError(str(exc), _param(shape, "language"), "invalid_language") from None
+        if slot is not self.slot or config.language != self.config.language:
+            self._language = None  # learnt again, for this model or language
         if slot is not self.slot:
             hold = contextlib.AsyncExitStack()
             try:
@@ -397,7 +406,7 @@ class RealtimeSession:
         samples: np.ndarray,
         *,
         speech_known: bool,
-        heard: str | asyncio.Task | None = None,
+        heard: Transcript | asyncio.Task | None = None,
     ) -> None:
         committed_at = time.monotonic()
         keep = heard if isinstance(heard, asyncio.Task) else None
@@ -420,7 +429,8 @@ class RealtimeSession:
         )
 
     def _options(self) -> TranscribeOptions:
-        return TranscribeOptions(language=self.config.language, prompt=self.config.prompt or None)
+        language = self.config.language or self._language
+        return TranscribeOptions(language=language, prompt=self.config.prompt or None)
 
     async def _final(
         self,
@@ -430,11 +440,19 @@ class RealtimeSession:
         speech: list[tuple[float, float]] | None,
         before: asyncio.Task | None,
         committed_at: float,
-        heard: str | asyncio.Task | None = None,
+        heard: Transcript | asyncio.Task | None = None,
     ) -> None:
         slot, failure, text = self.slot, None, ""
         try:
-            text = await self._final_text(samples, speech, heard)
+            transcript = await self._final_text(samples, speech, heard)
+            text = transcript.text
+            if (
+                self.config.language is None
+                and slot.multilingual
+                and transcript.duration >= SURE_LANGUAGE_S
+                and transcript.language_probability >= SURE_LANGUAGE
+            ):
+                self._language = transcript.language
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the model failed, or can't be had: this turn fails
@@ -470,15 +488,15 @@ class RealtimeSession:
         self,
         samples: np.ndarray,
         speech: list[tuple[float, float]] | None,
-        heard: str | asyncio.Task | None,
-    ) -> str:
+        heard: Transcript | asyncio.Task | None,
+    ) -> Transcript:
         """The turn's text: what a re-decode that covered all of its speech heard, else (or if
         that re-decode is slower) the turn decoded at normal priority."""
-        if isinstance(heard, str):
+        if isinstance(heard, Transcript):
             return heard
         own = asyncio.ensure_future(self.slot.transcribe(samples, self._options(), speech=speech))
         if heard is None:
-            return (await own).text
+            return await own
         try:
             done, _ = await asyncio.wait({own, heard}, return_when=asyncio.FIRST_COMPLETED)
             if (
@@ -488,7 +506,7 @@ class RealtimeSession:
                 and heard.result() is not None
             ):
                 return heard.result()
-            return (await own).text
+            return await own
         finally:
             for task in (own, heard):
                 task.cancel()
@@ -528,7 +546,7 @@ class RealtimeSession:
 
     async def _partial(
         self, item: str, samples: np.ndarray, speech: list[tuple[float, float]] | None
-    ) -> str | None:
+    ) -> Transcript | None:
         """Decode the open turn again (low priority); send the newly agreed words. Returns
         what it heard (None if it failed)."""
         end = self._partial_end
@@ -543,8 +561,8 @@ class RealtimeSession:
             log.debug("a partial re-decode failed: %s", exc)
             return None
         if item != self.item_id:
-            return transcript.text  # committed meanwhile: maybe the turn's final text
-        self._heard = (end, transcript.text)
+            return transcript  # committed meanwhile: maybe the turn's final text
+        self._heard = (end, transcript)
         first = not self._captions.text
         delta = self._captions.update(transcript.text)
         if delta:
@@ -558,7 +576,7 @@ class RealtimeSession:
             )
             if first and self._turns is not None:
                 self.hooks.first_delta(slot.public_id, time.monotonic() - self._speech_started_at)
-        return transcript.text
+        return transcript
 
 
 def _param(shape: Shape, name: str) -> str:
