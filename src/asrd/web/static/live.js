@@ -225,9 +225,9 @@
       socket.send(JSON.stringify({ type: "input_audio_buffer.commit" }));
       status("Finishing…");
       setTimeout(() => socket.close(1000), DRAIN_MS);
-      const waiting = () => [...el.captions.querySelectorAll("p.partial")].length === 0;
+      const settled = () => el.captions.querySelectorAll("p.partial").length === 0;
       const check = setInterval(() => {
-        if (waiting() || socket.readyState !== WebSocket.OPEN) {
+        if (settled() || socket.readyState !== WebSocket.OPEN) {
           clearInterval(check);
           if (socket.readyState === WebSocket.OPEN) socket.close(1000);
         }
