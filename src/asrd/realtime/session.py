@@ -53,6 +53,7 @@ MIN_COMMIT_S = 0.1  # OpenAI refuses to commit less than 100 ms of audio
 # turn ends, so `completed` follows `speech_stopped` at once). One is started as soon as the
 # silence is this long.
 COVERED_S = 0.15
+RACE_AFTER_S = 0.5  # then that re-decode, still on its way, races the turn's own decode
 # A multilingual model's language, found in a turn this long with this much certainty, is
 # kept for the session's next turns (when the client gave none): no detection pass for each
 # of their re-decodes, and short turns aren't decoded alone for want of a sure language.
@@ -494,6 +495,10 @@ class RealtimeSession:
         that re-decode is slower) the turn decoded at normal priority."""
         if isinstance(heard, Transcript):
             return heard
+        if heard is not None:
+            # Most often it is about done: give it a moment before decoding the turn again.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(heard), RACE_AFTER_S)
         own = asyncio.ensure_future(self.slot.transcribe(samples, self._options(), speech=speech))
         if heard is None:
             return await own
