@@ -10,7 +10,9 @@ Per level: p50/p95 of the time from a turn's speech end (the `audio_end_ms` of i
 ends a turn) to its `completed`, and from its speech start (`audio_start_ms`) to its first
 delta; WER of each session's completed text (Whisper's English normaliser). With the file:
 the file's transcription time against the same file alone (the sessions' cost to it). Prints
-the ratios against issue 16's targets; writes bench/results/realtime-<model>.json.
+the ratios against issue 16's targets, and, as the reference of the same run, the latency of
+the same clips sent as plain file requests one at a time (what one decode costs on the machine
+as it is then); writes bench/results/realtime-<model>.json.
 """
 
 from __future__ import annotations
@@ -143,6 +145,25 @@ async def run_level(url: str, clips: list, sessions: int, headers: dict) -> dict
     }
 
 
+def reference_latency(http_url: str, clips: list, model: str) -> list[float]:
+    """The same clips as plain file requests, one at a time (`language=en`): what one
+    decode of a turn costs on this machine in this run (other work on it slows both)."""
+    import httpx
+
+    latencies = []
+    with httpx.Client(timeout=120) as http:
+        for clip in clips[: CLIPS_PER_SESSION * 2]:
+            started = time.perf_counter()
+            response = http.post(
+                http_url + "/v1/audio/transcriptions",
+                files={"file": (clip.name, clip.read())},
+                data={"model": model, "language": "en"},
+            )
+            response.raise_for_status()
+            latencies.append(time.perf_counter() - started)
+    return latencies
+
+
 def transcribe_file(http_url: str, data: bytes, model: str, out: dict) -> None:
     import httpx
 
@@ -179,6 +200,9 @@ def main() -> None:
     report: dict = {"machine": machine(), "model": args.model, "levels": [],
                     "load_before": os.getloadavg()}  # fmt: skip
     try:
+        reference = reference_latency(http_url, clips, args.model)
+        report["file_request_p50"] = percentile(reference, 50)
+        report["file_request_p95"] = percentile(reference, 95)
         for level in [int(x) for x in args.levels.split(",")]:
             result = asyncio.run(run_level(url, clips, level, headers))
             report["levels"].append(result)
@@ -204,6 +228,9 @@ def main() -> None:
     report["load_after"] = os.getloadavg()
     print()
     print(f"load average before {report['load_before']}, after {report['load_after']}")
+    p50, p95 = report["file_request_p50"], report["file_request_p95"]
+    print(f"reference: the same clips as file requests, one at a time: p50 {p50:.2f} s, "
+          f"p95 {p95:.2f} s")  # fmt: skip
     print("| sessions | turns | end->completed p50 | p95 | start->first delta p50 | p95 | WER |")
     print("|---|---|---|---|---|---|---|")
     rows = report["levels"]
