@@ -28,6 +28,7 @@ from .limits import (
     UploadRateMiddleware,
 )
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
+from .realtime.ticker import PartialTicker
 from .registry import ModelRegistry
 from .shutdown import ShutdownMiddleware, ShutdownState
 from .slashes import TrailingSlashMiddleware
@@ -67,6 +68,8 @@ def create_app(
         # Live sessions' audio conversion and speech scoring (a few ms per append), off the loop.
         live = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-realtime")
         app.state.realtime_executor = live
+        ticker = PartialTicker(settings.realtime_partial_interval_ms / 1000)
+        app.state.partial_ticker = ticker
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
         for slot in models.slots:
@@ -118,6 +121,7 @@ def create_app(
             models.close()
             audio.close()
             live.shutdown(wait=False, cancel_futures=True)
+            await ticker.close()
 
     app = FastAPI(
         title="asrd",

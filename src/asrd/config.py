@@ -592,7 +592,8 @@ class Settings(BaseSettings):
         description=(
             "A live utterance is decoded again for its partial text (deltas) each time it has "
             "grown by this much audio, at low priority, skipped while the previous re-decode "
-            "is still on its way."
+            "is still on its way; every session's re-decodes start on one shared clock of this "
+            "period, so they are batched together."
         ),
     )
 

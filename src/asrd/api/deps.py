@@ -12,6 +12,7 @@ from starlette.requests import HTTPConnection
 from ..audio_lanes import AudioLanes
 from ..config import Settings
 from ..metrics import Metrics
+from ..realtime.ticker import PartialTicker
 from ..registry import ModelRegistry
 from ..shutdown import ShutdownState
 from ..tasks import TaskQueue, TaskWorker
@@ -50,6 +51,11 @@ def get_realtime_thread(request: HTTPConnection) -> Executor:
     return request.app.state.realtime_executor
 
 
+def get_partial_ticker(request: HTTPConnection) -> PartialTicker:
+    """The clock live sessions' partial re-decodes start on, together."""
+    return request.app.state.partial_ticker
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 ModelsDep = Annotated[ModelRegistry, Depends(get_models)]
 AudioDep = Annotated[AudioLanes, Depends(get_audio)]
@@ -58,3 +64,4 @@ TaskWorkerDep = Annotated[TaskWorker, Depends(get_task_worker)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 ShutdownDep = Annotated[ShutdownState, Depends(get_shutdown)]
 RealtimeThreadDep = Annotated[Executor, Depends(get_realtime_thread)]
+PartialTickerDep = Annotated[PartialTicker, Depends(get_partial_ticker)]

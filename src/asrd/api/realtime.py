@@ -29,7 +29,7 @@ from ..realtime.protocol import Shape, error_event
 from ..realtime.session import RealtimeSession, SessionHooks, SessionLimits, SessionOver
 from ..registry import ModelNotServed
 from ..slot import ModelNotReady
-from .deps import MetricsDep, ModelsDep, RealtimeThreadDep, SettingsDep
+from .deps import MetricsDep, ModelsDep, PartialTickerDep, RealtimeThreadDep, SettingsDep
 
 log = logging.getLogger(__name__)
 router = APIRouter(tags=["OpenAI Realtime API"])
@@ -46,6 +46,7 @@ async def realtime(
     settings: SettingsDep,
     metrics: MetricsDep,
     thread: RealtimeThreadDep,
+    ticker: PartialTickerDep,
 ) -> None:
     params = websocket.query_params
     intent = params.get("intent")
@@ -96,6 +97,7 @@ async def realtime(
         shape=shape,
         model=model,
         hooks=hooks,
+        ticker=ticker,
     )
     if not session.slot.accepting:
         await _deny(websocket, 503, "model_not_ready", session.slot.error or "the model is not "

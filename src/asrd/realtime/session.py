@@ -43,6 +43,7 @@ from .protocol import (
     session_json,
     user_item,
 )
+from .ticker import PartialTicker
 from .turns import SpeechStarted, SpeechStopped, TurnDetector
 
 log = logging.getLogger(__name__)
@@ -129,10 +130,14 @@ class RealtimeSession:
         shape: Shape = "ga",
         model: str | None = None,
         hooks: SessionHooks | None = None,
+        ticker: PartialTicker | None = None,
     ):
         self.models, self.executor, self.limits = models, executor, limits
         self.send, self.shape = send, shape
         self.hooks = hooks or SessionHooks()
+        # Re-decodes start on the shared tick (batched with other sessions'); without one, as
+        # audio arrives. A pause starts one at once either way (the turn may be ending).
+        self.ticker = ticker
         self.id = new_id("sess")
         self.expires_at = int(time.time() + limits.max_session_s)
         self.slot: ModelSlot = models.get(model)
@@ -163,11 +168,15 @@ class RealtimeSession:
     async def start(self) -> None:
         """Hold the model (loading it if needed) and greet the client."""
         await self._hold.enter_async_context(self.slot.in_use())
+        if self.ticker is not None:
+            self.ticker.add(self._maybe_partial)
         kind = "transcription_session.created" if self.shape == "beta" else "session.created"
         await self.send(event(kind, session=self._session_json(self.shape)))
 
     async def close(self) -> None:
         """Stop everything in progress (jobs leave the scheduler at their next batch)."""
+        if self.ticker is not None:
+            self.ticker.discard(self._maybe_partial)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -315,7 +324,7 @@ class RealtimeSession:
             if not self._turns.speaking:  # keep just the prefix padding before speech
                 keep = self._turns.settings.prefix_padding_ms * SAMPLE_RATE // 1000
                 self.buffer.drop_before(self.buffer.end - keep)
-        self._maybe_partial()
+        self._maybe_partial(on_tick=self.ticker is None)
 
     def _score(self, audio: str) -> tuple[np.ndarray, np.ndarray | None]:
         """On the session thread: decode the base64, convert the audio, score its speech
@@ -518,9 +527,9 @@ class RealtimeSession:
 
     # --- partial text --------------------------------------------------------------------------
 
-    def _maybe_partial(self) -> None:
-        """Decode the open utterance again once it has grown by the partial interval, unless
-        its previous re-decode is still on its way."""
+    def _maybe_partial(self, on_tick: bool = True) -> None:
+        """Decode the open utterance again once it has grown by the partial interval (on a
+        tick), or at once in a pause, unless its previous re-decode is still on its way."""
         if self._partial_task is not None and not self._partial_task.done():
             return
         early = False
@@ -539,10 +548,8 @@ class RealtimeSession:
         else:
             start = self.buffer.start
         length = self.buffer.end - start
-        if (
-            not early
-            and length - self._partial_length < self.limits.partial_interval_s * SAMPLE_RATE
-        ):
+        grown = length - self._partial_length >= self.limits.partial_interval_s * SAMPLE_RATE
+        if not early and not (on_tick and grown):
             return
         self._partial_length, self._partial_end = length, self.buffer.end
         samples = self.buffer.slice(start, self.buffer.end)
