@@ -28,7 +28,11 @@ class CountingSlot:
 
     public_id, accepting, multilingual = "tiny.en", True, False
 
-    def __init__(self, language: str = "en", multilingual: bool = False) -> None:
+    def __init__(
+        self, language: str = "en", multilingual: bool = False, delay_s: float = 0.01
+    ) -> None:
+        self.delay_s = delay_s
+        self.priorities: list[object] = []
         self.calls: list[tuple[float, bool]] = []
         self.languages: list[str | None] = []  # the language each call was given
         self.language, self.multilingual = language, multilingual
@@ -41,13 +45,14 @@ class CountingSlot:
             raise ValueError("English-only")
 
     async def transcribe(
-        self, samples: np.ndarray, options: TranscribeOptions, *, background: bool = False,
+        self, samples: np.ndarray, options: TranscribeOptions, *, background: object = False,
         speech: list | None = None,
     ) -> Transcript:  # fmt: skip
         duration = len(samples) / 16_000
-        self.calls.append((duration, background))
+        self.calls.append((duration, bool(getattr(background, "background", background))))
         self.languages.append(options.language)
-        await asyncio.sleep(0.01)
+        self.priorities.append(background)
+        await asyncio.sleep(self.delay_s)
         text = " " + " ".join(WORDS[: int(duration / 0.4)])
         return Transcript([Segment(0.0, duration, text)], self.language, duration, 0.97)
 
@@ -243,3 +248,21 @@ def test_a_multilingual_model_keeps_the_language_a_turn_made_clear() -> None:
     h = run(scenario())
     assert h.slot.languages[0] is None  # detected by the model at first
     assert h.slot.languages[-1] == "fr"  # then kept: no detection for every re-decode
+
+
+def test_a_re_decode_still_on_its_way_when_the_turn_ends_becomes_its_final_decode() -> None:
+    async def scenario() -> Harness:
+        h = Harness(slot=CountingSlot(delay_s=0.6))  # slower than the pause that ends a turn
+        await h.session.start()
+        audio = np.concatenate([speech(), silence(1.5)])
+        await h.append(pcm24(audio), pause_s=0.02)
+        await h.settle()
+        return h
+
+    h = run(scenario())
+    completed = h.of("conversation.item.input_audio_transcription.completed")
+    assert len(completed) == 1 and completed[0]["transcript"].startswith("alpha bravo")
+    # No decode after the turn ended: the re-decode begun in the pause was promoted.
+    promoted = [p for p in h.slot.priorities if getattr(p, "background", True) is False]
+    assert len(promoted) == 1
+    assert sum(1 for p in h.slot.priorities if p is False) == 0

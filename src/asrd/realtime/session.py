@@ -27,7 +27,7 @@ import numpy as np
 from ..audio import SAMPLE_RATE
 from ..languages import UnknownLanguage, language_code
 from ..registry import ModelNotServed, ModelRegistry
-from ..slot import ModelNotReady, ModelSlot
+from ..slot import ModelNotReady, ModelSlot, Priority
 from ..transcript import TranscribeOptions, Transcript
 from ..vad import WINDOW, StreamingVad
 from .audio import InputConverter
@@ -51,10 +51,9 @@ log = logging.getLogger(__name__)
 MIN_COMMIT_S = 0.1  # OpenAI refuses to commit less than 100 ms of audio
 # A re-decode of the open turn whose audio reaches this far into the silence that then ends
 # the turn heard all of its speech: its text is the turn's final text (no decode after the
-# turn ends, so `completed` follows `speech_stopped` at once). One is started as soon as the
-# silence is this long.
+# turn ends, so `completed` follows `speech_stopped` at once; one still on its way is promoted
+# to normal priority). One is started as soon as the silence is this long.
 COVERED_S = 0.15
-RACE_AFTER_S = 0.5  # then that re-decode, still on its way, races the turn's own decode
 # A multilingual model's language, found in a turn this long with this much certainty, is
 # kept for the session's next turns (when the client gave none): no detection pass for each
 # of their re-decodes, and short turns aren't decoded alone for want of a sure language.
@@ -154,6 +153,7 @@ class RealtimeSession:
         self._speech_started_at = 0.0  # monotonic, for the first-delta metric
         self._captions = StablePrefix()
         self._partial_task: asyncio.Task | None = None
+        self._partial_priority = Priority()
         self._partial_length = 0  # samples of the open utterance at its last re-decode
         self._partial_end = 0  # where the audio of the latest re-decode ends (session samples)
         self._heard: tuple[int, Transcript] | None = None  # the latest re-decode, its audio end
@@ -373,7 +373,8 @@ class RealtimeSession:
         if self._heard is not None and self._heard[0] >= covered:
             heard = self._heard[1]
         elif self._partial_end >= covered and self._partial_task is not None:
-            heard = self._partial_task  # on its way: it races the turn's own decode
+            heard = self._partial_task  # on its way: now the turn's final decode
+            self._partial_priority.promote()
         await self._commit(samples, speech_known=True, heard=heard)
 
     async def _commit_by_client(self) -> None:
@@ -505,25 +506,14 @@ class RealtimeSession:
         if isinstance(heard, Transcript):
             return heard
         if heard is not None:
-            # Most often it is about done: give it a moment before decoding the turn again.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(heard), RACE_AFTER_S)
-        own = asyncio.ensure_future(self.slot.transcribe(samples, self._options(), speech=speech))
-        if heard is None:
-            return await own
-        try:
-            done, _ = await asyncio.wait({own, heard}, return_when=asyncio.FIRST_COMPLETED)
-            if (
-                heard in done
-                and not heard.cancelled()
-                and heard.exception() is None
-                and heard.result() is not None
-            ):
-                return heard.result()
-            return await own
-        finally:
-            for task in (own, heard):
-                task.cancel()
+            try:
+                result = await heard
+            except asyncio.CancelledError:
+                heard.cancel()
+                raise
+            if result is not None:
+                return result
+        return await self.slot.transcribe(samples, self._options(), speech=speech)
 
     # --- partial text --------------------------------------------------------------------------
 
@@ -554,10 +544,17 @@ class RealtimeSession:
         self._partial_length, self._partial_end = length, self.buffer.end
         samples = self.buffer.slice(start, self.buffer.end)
         speech = [(0.0, length / SAMPLE_RATE)] if self._turns is not None else None
-        self._partial_task = self._spawn(self._partial(self.item_id, samples, speech))
+        self._partial_priority = Priority()
+        self._partial_task = self._spawn(
+            self._partial(self.item_id, samples, speech, self._partial_priority)
+        )
 
     async def _partial(
-        self, item: str, samples: np.ndarray, speech: list[tuple[float, float]] | None
+        self,
+        item: str,
+        samples: np.ndarray,
+        speech: list[tuple[float, float]] | None,
+        priority: Priority,
     ) -> Transcript | None:
         """Decode the open turn again (low priority); send the newly agreed words. Returns
         what it heard (None if it failed)."""
@@ -565,7 +562,7 @@ class RealtimeSession:
         slot = self.slot
         try:
             transcript = await slot.transcribe(
-                samples, self._options(), background=True, speech=speech
+                samples, self._options(), background=priority, speech=speech
             )
         except asyncio.CancelledError:
             raise
