@@ -252,10 +252,10 @@ def test_a_multilingual_model_keeps_the_language_a_turn_made_clear() -> None:
 
 def test_a_re_decode_still_on_its_way_when_the_turn_ends_becomes_its_final_decode() -> None:
     async def scenario() -> Harness:
-        h = Harness(slot=CountingSlot(delay_s=0.6))  # slower than the pause that ends a turn
+        h = Harness(slot=CountingSlot(delay_s=0.5))  # slower than the pause that ends a turn
         await h.session.start()
-        audio = np.concatenate([speech(), silence(1.5)])
-        await h.append(pcm24(audio), pause_s=0.02)
+        audio = np.concatenate([speech("en_timit_LDC93S1.wav"), silence(1.0)])
+        await h.append(pcm24(audio), pause_s=0.1)  # real time
         await h.settle()
         return h
 
