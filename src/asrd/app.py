@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING
 
@@ -16,7 +17,7 @@ from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .api import asr, docs, health, manage, openai, tasks, web
+from .api import asr, docs, health, manage, openai, realtime, tasks, web
 from .audio_lanes import AudioLanes
 from .auth import ApiKeyMiddleware
 from .budget import MemoryBudget
@@ -29,6 +30,7 @@ from .limits import (
     UploadRateMiddleware,
 )
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
+from .realtime.ticker import PartialTicker
 from .registry import ModelRegistry
 from .shutdown import ShutdownMiddleware, ShutdownState
 from .slashes import TrailingSlashMiddleware
@@ -67,6 +69,11 @@ def create_app(
         queue = create_queue(settings)
         # ROLE=api runs no tasks: they wait in Redis for the workers.
         worker = TaskWorker(queue, models, audio, settings) if settings.role != "api" else None
+        # Live sessions' audio conversion and speech scoring (a few ms per append), off the loop.
+        live = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-realtime")
+        app.state.realtime_executor = live
+        ticker = PartialTicker(settings.realtime_partial_interval_ms / 1000)
+        app.state.partial_ticker = ticker
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
         sync_runner = _scale_out(app, settings, queue, models, worker)
@@ -133,6 +140,8 @@ def create_app(
             await queue.close()
             models.close()
             audio.close()
+            live.shutdown(wait=False, cancel_futures=True)
+            await ticker.close()
 
     app = FastAPI(
         title="asrd",
@@ -167,6 +176,7 @@ def create_app(
         upload_limit_bytes=settings.max_upload_bytes,
         form_overhead_bytes=BODY_OVERHEAD_BYTES,
         memory=uploads,
+        message_limit_bytes=settings.realtime_max_message_bytes,
     )
     app.add_middleware(UploadRateMiddleware, min_bytes_per_s=settings.min_upload_kb_s * 1024)
     if settings.api_keys:
@@ -181,7 +191,10 @@ def create_app(
     app.add_middleware(ShutdownMiddleware, state=shutdown)
     # Outside the key check, so refused requests are counted and logged too.
     app.add_middleware(
-        MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
+        MetricsMiddleware,
+        metrics=metrics,
+        max_in_flight=settings.max_concurrent_requests,
+        max_sessions=settings.max_realtime_sessions,
     )
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins
@@ -204,6 +217,7 @@ def create_app(
         return app
     app.include_router(asr.router)
     app.include_router(openai.router)
+    app.include_router(realtime.router)
     app.include_router(tasks.router)
     app.include_router(manage.router)
     app.include_router(web.router)

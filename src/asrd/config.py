@@ -610,6 +610,58 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- Live transcription (`/v1/realtime`) ----------------------------------------------------
+    max_realtime_sessions: int | None = Field(
+        16,
+        ge=0,
+        description=(
+            "Live transcription sessions (Realtime API WebSockets) open at once; beyond it the "
+            "handshake is refused with 503 and Retry-After. 0: no live sessions. Unset: no "
+            "limit. Sessions don't count against MAX_CONCURRENT_REQUESTS."
+        ),
+    )
+    realtime_max_session_s: float = Field(
+        3600,
+        gt=0,
+        description=(
+            "Longest a live session may last, and most audio it may send (seconds); then it "
+            "gets an `error` event `session_expired` and is closed (1008)."
+        ),
+    )
+    realtime_idle_timeout_s: float = Field(
+        60,
+        gt=0,
+        description=(
+            "A live session whose client sends nothing for this long is closed (1000, reason "
+            "`idle timeout`)."
+        ),
+    )
+    realtime_max_buffer_mb: float = Field(
+        15,
+        gt=0,
+        description=(
+            "Most uncommitted audio a live session holds (at 16 kHz, 16-bit: 15 MB is about "
+            "8 minutes); with server VAD a turn is cut at 30 s anyway. An append past it gets "
+            "an `error` event `input_audio_buffer_full`."
+        ),
+    )
+    realtime_max_message_mb: float = Field(
+        8,
+        gt=0,
+        description="Largest WebSocket message a live session takes; a bigger one closes it "
+        "(1009).",
+    )
+    realtime_partial_interval_ms: int = Field(
+        500,
+        ge=100,
+        description=(
+            "A live utterance is decoded again for its partial text (deltas) each time it has "
+            "grown by this much audio, at low priority, skipped while the previous re-decode "
+            "is still on its way; every session's re-decodes start on one shared clock of this "
+            "period, so they are batched together."
+        ),
+    )
+
     # --- Logging and admin ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Log level."
@@ -827,6 +879,14 @@ class Settings(BaseSettings):
     def max_uploads_in_memory_bytes(self) -> int:
         megabytes = self.max_uploads_in_memory_mb or max(1024, self.max_upload_mb)
         return int(megabytes * 1024 * 1024)
+
+    @property
+    def realtime_max_buffer_bytes(self) -> int:
+        return int(self.realtime_max_buffer_mb * 1024 * 1024)
+
+    @property
+    def realtime_max_message_bytes(self) -> int:
+        return int(self.realtime_max_message_mb * 1024 * 1024)
 
     @property
     def max_decoded_audio_bytes(self) -> int:
