@@ -23,9 +23,12 @@ ROOT=$PWD
 STARTED=$SECONDS
 say() { printf '\n== [%ds] %s\n' $((SECONDS - STARTED)) "$*"; }
 fail() { printf '\ntest-image.sh: FAILED: %s\n' "$*" >&2; exit 1; }
+PASSED=0 SKIPPED=0
+ok() { PASSED=$((PASSED + 1)); echo "ok: $*"; }
 [ "$(id -u)" -eq 0 ] || fail "run as root (podman, mmdebstrap)"
 
 bash deploy/validate.sh
+ok "deployment files valid"
 
 say "podman, mmdebstrap"
 need=()
@@ -99,12 +102,14 @@ CPU=localhost/asrd:test-tiny.en
 CPU_SIZE=$(size_of "$CPU")
 echo "$CPU: $(human "$CPU_SIZE")"
 [ "$CPU_SIZE" -lt 1000000000 ] || fail "the CPU image with tiny.en is over 1 GB"
+ok "CPU image built, under 1 GB"
 
 say "CPU image: nothing to build with inside (no compiler, torch or pip)"
 podman run --rm --network none "$CPU" sh -c \
   '! command -v gcc && ! command -v cc && ! python3 -m pip --version 2>/dev/null &&
    python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)"' \
   || fail "build tools in the image"
+ok "no compiler, torch or pip in the image"
 
 say "CPU image: run it read-only, /hc, /asr, user, healthcheck, no download"
 PORT=$(free_port)
@@ -114,17 +119,21 @@ podman run -d --name asrd-test --network host --read-only -v asrd-test-data:/dat
 show_log() { podman logs "$1" 2>&1 | tail -40; }
 check wait "http://127.0.0.1:$PORT" --timeout 180 --container asrd-test \
   || { show_log asrd-test; fail "/hc"; }
+ok "/hc 200"
 check asr "http://127.0.0.1:$PORT" en_jfk_inaugural_1961.flac || { show_log asrd-test; fail "/asr"; }
+ok "/asr: the words of real speech"
 PID=$(podman inspect -f '{{.State.Pid}}' asrd-test)
 USER_ID=$(awk '/^Uid:/ {print $2}' "/proc/$PID/status")
 echo "the server's user id: $USER_ID"
 [ "$USER_ID" != 0 ] || fail "the server runs as root"
-podman healthcheck run asrd-test && echo "healthcheck: healthy" || fail "healthcheck"
+ok "not root"
+podman healthcheck run asrd-test || fail "healthcheck"
+ok "HEALTHCHECK healthy"
 podman logs asrd-test 2>&1 | grep -q "loading model tiny.en from /opt/asrd/models/tiny.en" \
   || { show_log asrd-test; fail "the baked model was not used"; }
 VOLUME=$(podman volume inspect -f '{{.Mountpoint}}' asrd-test-data)
 [ -z "$(find "$VOLUME" -name model.bin)" ] || fail "a model was written into the /data volume"
-echo "baked model used from /opt/asrd/models; /data holds no model"
+ok "baked model used from /opt/asrd/models; /data holds no model"
 
 say "CPU image: SIGTERM during a request"
 check asr "http://127.0.0.1:$PORT" en_jfk_inaugural_1961.flac > "$WORK/inflight.out" 2>&1 &
@@ -138,10 +147,12 @@ wait "$REQUEST" || { cat "$WORK/inflight.out"; show_log asrd-test; fail "the req
 cat "$WORK/inflight.out"
 [ "$EXIT" = 0 ] || { show_log asrd-test; fail "exit status $EXIT after SIGTERM"; }
 [ $((SECONDS - STOP_AT)) -le 32 ] || fail "took longer than SHUTDOWN_GRACE_S + 2 to stop"
+ok "SIGTERM: the request in progress finished, exit 0"
 podman rm -f asrd-test > /dev/null
 
 if [ "${ASRD_SKIP_CUDA:-}" = 1 ]; then
   say "CUDA image: skipped (ASRD_SKIP_CUDA=1)"
+  SKIPPED=$((SKIPPED + 1))
 else
   say "CUDA image (no model)"
   CUDA=localhost/asrd:test-cuda
@@ -149,13 +160,16 @@ else
   CUDA_SIZE=$(size_of "$CUDA")
   echo "$CUDA: $(human "$CUDA_SIZE")"
   [ "$CUDA_SIZE" -lt 4000000000 ] || fail "the CUDA image is over 4 GB"
+  ok "CUDA image built, under 4 GB"
   podman run --rm --network none -v "$ROOT/deploy/checks.py:/tmp/checks.py:ro" "$CUDA" \
     python3 /tmp/checks.py cuda-libs || fail "CUDA libraries in the CUDA image"
+  ok "CUDA image: cuBLAS and cuDNN load and resolve"
 fi
 
 say "scale-out: Redis, 1 API, 2 workers, a task through them"
 if ! podman run --rm --network none "$CPU" asrd worker --help > /dev/null 2>&1; then
   echo "skipped: no worker role (\`asrd worker\`) in this asrd"
+  SKIPPED=$((SKIPPED + 1))
 else
   command -v redis-server > /dev/null || {
     apt-get update -qq
@@ -191,10 +205,13 @@ else
     podman stop -t 35 "$name" > /dev/null
     [ "$(podman inspect -f '{{.State.ExitCode}}' "$name")" = 0 ] || fail "$name: exit status"
   done
-  echo "scale-out: a task through Redis to a worker; all stopped cleanly"
+  ok "scale-out: a task through Redis to a worker; all stopped cleanly"
 fi
 
 say "done"
 echo "CPU image with tiny.en: $(human "$CPU_SIZE")"
 [ "${ASRD_SKIP_CUDA:-}" = 1 ] || echo "CUDA image, no model: $(human "$CUDA_SIZE")"
 echo "test-image.sh: all checks passed in $((SECONDS - STARTED)) s"
+SKIPS=""
+[ "$SKIPPED" -eq 0 ] || SKIPS=", $SKIPPED skipped"
+echo "images: $PASSED passed, 0 failed$SKIPS"
