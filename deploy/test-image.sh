@@ -7,8 +7,8 @@
 #      words from /asr, not root, its HEALTHCHECK passes, no model in the /data volume, no
 #      compiler/torch/pip inside, and SIGTERM during a request: the request finishes, exit 0;
 #   4. the CUDA image (no model): CUDA 12's cuBLAS and cuDNN 9 load and resolve by name;
-#   5. the scale-out roles (1 Redis, 1 API, 2 workers, a task through them), where the image
-#      has `asrd worker`; else it says so and skips;
+#   5. the scale-out roles (1 Redis, 1 API, 2 workers, a task and a sync request through
+#      them), where the image has `asrd worker`; else it says so and skips;
 # and prints both image sizes (the CPU image must stay under 1 GB, the CUDA one under 4 GB).
 #
 # Environment: ASRD_IMAGE_CACHE=DIR keeps the base tarball and podman's layers there between
@@ -184,7 +184,8 @@ else
     -e REDIS_PREFIX=asrd-test -e CPU_THREADS=1 -e HF_HUB_OFFLINE=1)
   API_PORT=$(free_port)
   podman run -d --name asrd-api --network host --read-only -v asrd-test-data:/data \
-    -e PORT="$API_PORT" "${QUEUE[@]}" "$CPU" asrd serve --no-worker > /dev/null
+    -e PORT="$API_PORT" -e SYNC_VIA_WORKERS=1 "${QUEUE[@]}" "$CPU" asrd serve --no-worker \
+    > /dev/null
   WORKER_PORTS=()
   for n in 1 2; do
     WORKER_PORTS+=("$(free_port)")
@@ -198,6 +199,11 @@ else
   done
   check task "http://127.0.0.1:$API_PORT" en_jfk_inaugural_1961.flac \
     || { show_log asrd-api; show_log asrd-worker-1; show_log asrd-worker-2; fail "a task"; }
+  ok "a task through the API replica, Redis and a worker"
+  # A sync request on the API replica: run by a worker (SYNC_VIA_WORKERS=1, where asrd has it).
+  check asr "http://127.0.0.1:$API_PORT" en_jfk_inaugural_1961.flac \
+    || { show_log asrd-api; show_log asrd-worker-1; show_log asrd-worker-2; fail "/asr on the API"; }
+  ok "/asr on the API replica"
   curl_metrics() { python3 -c "import urllib.request as r; print(r.urlopen('$1/metrics').read().decode())"; }
   curl_metrics "http://127.0.0.1:${WORKER_PORTS[0]}" | grep -q '^asrd_queue_depth' \
     || fail "no asrd_queue_depth in a worker's /metrics"
@@ -205,7 +211,7 @@ else
     podman stop -t 35 "$name" > /dev/null
     [ "$(podman inspect -f '{{.State.ExitCode}}' "$name")" = 0 ] || fail "$name: exit status"
   done
-  ok "scale-out: a task through Redis to a worker; all stopped cleanly"
+  ok "scale-out: the API and both workers stopped cleanly on SIGTERM"
 fi
 
 say "done"
