@@ -31,15 +31,7 @@ bash deploy/validate.sh
 ok "deployment files valid"
 
 say "podman, mmdebstrap"
-need=()
-for tool in podman:podman mmdebstrap:mmdebstrap runc:runc; do
-  command -v "${tool%%:*}" >/dev/null || need+=("${tool#*:}")
-done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}" \
-    ca-certificates
-fi
+bash deploy/apt-install.sh podman mmdebstrap runc ca-certificates || fail "apt-get install"
 podman --version
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/asrd-image.XXXXXX")
@@ -171,10 +163,8 @@ if ! podman run --rm --network none "$CPU" asrd worker --help > /dev/null 2>&1; 
   echo "skipped: no worker role (\`asrd worker\`) in this asrd"
   SKIPPED=$((SKIPPED + 1))
 else
-  command -v redis-server > /dev/null || {
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
-  }
+  command -v redis-server > /dev/null || bash deploy/apt-install.sh redis-server \
+    || fail "apt-get install redis-server"
   REDIS_PORT=$(free_port)
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
     > "$WORK/redis.log" 2>&1 &

@@ -13,23 +13,7 @@ trap 'rm -rf "$WORK"' EXIT
 say() { printf '\n== %s\n' "$*"; }
 fail() { printf 'validate.sh: FAILED: %s\n' "$*" >&2; exit 1; }
 
-apt_install() {
-  local missing=()
-  for package in "$@"; do dpkg -s "$package" >/dev/null 2>&1 || missing+=("$package"); done
-  [ ${#missing[@]} -eq 0 ] && return
-  [ "$(id -u)" -eq 0 ] || fail "needs root to install ${missing[*]}"
-  apt-get update -qq
-  # No service starts while packages are installed (nginx would take port 80).
-  local guard=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
-    guard=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
-    || { [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d; fail "apt-get install ${missing[*]}"; }
-  [ -n "$guard" ] && rm -f /usr/sbin/policy-rc.d
-  return 0
-}
+apt_install() { bash deploy/apt-install.sh "$@" || fail "apt-get install $*"; }
 
 say "tools"
 command -v systemd-analyze >/dev/null || apt_install systemd
