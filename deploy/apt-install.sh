@@ -20,7 +20,7 @@ if [ ! -e /usr/sbin/policy-rc.d ]; then
   guard=1
 fi
 status=0
-DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}" \
+DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}" \
   || status=$?
 [ -z "$guard" ] || rm -f /usr/sbin/policy-rc.d
 exit $status
