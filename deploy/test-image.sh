@@ -84,13 +84,14 @@ podman import -q --change 'CMD ["/bin/bash"]' \
   "$BASE_TAR" "$BASE" > /dev/null
 echo "$BASE: $(human "$(size_of "$BASE")")"
 
-BUILD=(podman build --quiet --format docker --network host --pull=never
+BUILD=(podman build --format docker --network host --pull=never
   -v /etc/ssl/certs:/etc/ssl/certs:ro -v "$WORK/pip.conf:/etc/pip.conf:ro"
   --build-arg "BASE_IMAGE=$BASE")
 
 say "CPU image with tiny.en baked in"
 CPU=localhost/asrd:test-tiny.en
-"${BUILD[@]}" --build-arg MODEL_ID=tiny.en -t "$CPU" . > /dev/null || fail "podman build (cpu)"
+"${BUILD[@]}" --build-arg MODEL_ID=tiny.en -t "$CPU" . > "$WORK/build-cpu.log" 2>&1 \
+  || { tail -40 "$WORK/build-cpu.log"; fail "podman build (cpu)"; }
 CPU_SIZE=$(size_of "$CPU")
 echo "$CPU: $(human "$CPU_SIZE")"
 [ "$CPU_SIZE" -lt 1000000000 ] || fail "the CPU image with tiny.en is over 1 GB"
@@ -148,7 +149,8 @@ if [ "${ASRD_SKIP_CUDA:-}" = 1 ]; then
 else
   say "CUDA image (no model)"
   CUDA=localhost/asrd:test-cuda
-  "${BUILD[@]}" --build-arg VARIANT=cuda -t "$CUDA" . > /dev/null || fail "podman build (cuda)"
+  "${BUILD[@]}" --build-arg VARIANT=cuda -t "$CUDA" . > "$WORK/build-cuda.log" 2>&1 \
+    || { tail -40 "$WORK/build-cuda.log"; fail "podman build (cuda)"; }
   CUDA_SIZE=$(size_of "$CUDA")
   echo "$CUDA: $(human "$CUDA_SIZE")"
   [ "$CUDA_SIZE" -lt 4000000000 ] || fail "the CUDA image is over 4 GB"
