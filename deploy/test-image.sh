@@ -68,7 +68,7 @@ check() { python3 deploy/checks.py "$@"; }
 say "base image: Debian bookworm + Python, with mmdebstrap"
 BASE_TAR=$CACHE/debian-bookworm-python.tar
 if [ ! -s "$BASE_TAR" ]; then
-  mmdebstrap --quiet --variant=minbase --include=python3,python3-venv,ca-certificates \
+  mmdebstrap --quiet --format=tar --variant=minbase --include=python3,python3-venv,ca-certificates \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-include=/usr/share/doc/*/copyright' \
     --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/info/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
@@ -196,9 +196,10 @@ else
   check asr "http://127.0.0.1:$API_PORT" en_jfk_inaugural_1961.flac \
     || { show_log asrd-api; show_log asrd-worker-1; show_log asrd-worker-2; fail "/asr on the API"; }
   ok "/asr on the API replica"
-  curl_metrics() { python3 -c "import urllib.request as r; print(r.urlopen('$1/metrics').read().decode())"; }
-  curl_metrics "http://127.0.0.1:${WORKER_PORTS[0]}" | grep -q '^asrd_queue_depth' \
-    || fail "no asrd_queue_depth in a worker's /metrics"
+  METRICS=$(python3 -c "import urllib.request as r
+print(r.urlopen('http://127.0.0.1:${WORKER_PORTS[0]}/metrics').read().decode())")
+  grep -q '^asrd_queue_depth' <<< "$METRICS" || fail "no asrd_queue_depth in a worker's /metrics"
+  ok "asrd_queue_depth in a worker's /metrics"
   for name in asrd-api asrd-worker-1 asrd-worker-2; do
     podman stop -t 35 "$name" > /dev/null
     [ "$(podman inspect -f '{{.State.ExitCode}}' "$name")" = 0 ] || fail "$name: exit status"
