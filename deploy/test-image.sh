@@ -55,6 +55,7 @@ REDIS_PID=""
 cleanup() {
   set +e
   podman rm -f -t 0 -a > /dev/null 2>&1
+  podman volume rm -f asrd-test-data > /dev/null 2>&1
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2> /dev/null
   if [ -z "${ASRD_IMAGE_CACHE:-}" ]; then podman system reset -f > /dev/null 2>&1; fi
   rm -rf "$WORK"
@@ -64,6 +65,8 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 size_of() { podman image inspect -f '{{.Size}}' "$1"; }
 human() { python3 -c "print(f'{$1 / 1e9:.2f} GB')"; }
 check() { python3 deploy/checks.py "$@"; }
+# One-off containers, without the image's HEALTHCHECK (podman would ask systemd for a timer).
+once() { podman once --no-healthcheck "$@"; }
 
 say "base image: Debian bookworm + Python, with mmdebstrap"
 BASE_TAR=$CACHE/debian-bookworm-python.tar
@@ -98,7 +101,7 @@ echo "$CPU: $(human "$CPU_SIZE")"
 ok "CPU image built, under 1 GB"
 
 say "CPU image: nothing to build with inside (no compiler, torch or pip)"
-podman run --rm --network none "$CPU" sh -c \
+once --network none "$CPU" sh -c \
   '! command -v gcc && ! command -v cc && ! python3 -m pip --version 2>/dev/null &&
    python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec(\"torch\") is not None)"' \
   || fail "build tools in the image"
@@ -106,6 +109,7 @@ ok "no compiler, torch or pip in the image"
 
 say "CPU image: run it read-only, /hc, /asr, user, healthcheck, no download"
 PORT=$(free_port)
+podman volume rm -f asrd-test-data > /dev/null 2>&1 || true
 podman volume create asrd-test-data > /dev/null
 podman run -d --name asrd-test --network host --read-only -v asrd-test-data:/data \
   -e PORT="$PORT" -e CPU_THREADS=2 -e HF_HUB_OFFLINE=1 "$CPU" > /dev/null
@@ -129,9 +133,11 @@ VOLUME=$(podman volume inspect -f '{{.Mountpoint}}' asrd-test-data)
 ok "baked model used from /opt/asrd/models; /data holds no model"
 
 say "CPU image: SIGTERM during a request"
-check asr "http://127.0.0.1:$PORT" en_jfk_inaugural_1961.flac > "$WORK/inflight.out" 2>&1 &
+check asr "http://127.0.0.1:$PORT" en_jfk_inaugural_1961.flac --sent "$WORK/sent" \
+  > "$WORK/inflight.out" 2>&1 &
 REQUEST=$!
-sleep 0.3
+for _ in $(seq 100); do [ -e "$WORK/sent" ] && break; sleep 0.1; done
+[ -e "$WORK/sent" ] || fail "the request was not sent"
 STOP_AT=$SECONDS
 podman kill --signal TERM asrd-test > /dev/null
 EXIT=$(podman wait asrd-test)
@@ -139,6 +145,9 @@ echo "exit status $EXIT, $((SECONDS - STOP_AT)) s after SIGTERM"
 wait "$REQUEST" || { cat "$WORK/inflight.out"; show_log asrd-test; fail "the request cut by SIGTERM"; }
 cat "$WORK/inflight.out"
 [ "$EXIT" = 0 ] || { show_log asrd-test; fail "exit status $EXIT after SIGTERM"; }
+# The request was in progress when SIGTERM came: its log line follows the shutdown's.
+podman logs asrd-test 2>&1 | sed -n '/shutting down/,$p' | grep -q "POST /asr 200" \
+  || { show_log asrd-test; fail "the request was not in progress at SIGTERM"; }
 [ $((SECONDS - STOP_AT)) -le 32 ] || fail "took longer than SHUTDOWN_GRACE_S + 2 to stop"
 ok "SIGTERM: the request in progress finished, exit 0"
 podman rm -f asrd-test > /dev/null
@@ -155,13 +164,13 @@ else
   echo "$CUDA: $(human "$CUDA_SIZE")"
   [ "$CUDA_SIZE" -lt 4000000000 ] || fail "the CUDA image is over 4 GB"
   ok "CUDA image built, under 4 GB"
-  podman run --rm --network none -v "$ROOT/deploy/checks.py:/tmp/checks.py:ro" "$CUDA" \
+  once --network none -v "$ROOT/deploy/checks.py:/tmp/checks.py:ro" "$CUDA" \
     python3 /tmp/checks.py cuda-libs || fail "CUDA libraries in the CUDA image"
   ok "CUDA image: cuBLAS and cuDNN load and resolve"
 fi
 
 say "scale-out: Redis, 1 API, 2 workers, a task through them"
-if ! podman run --rm --network none "$CPU" asrd worker --help > /dev/null 2>&1; then
+if ! once --network none "$CPU" asrd worker --help > /dev/null 2>&1; then
   echo "skipped: no worker role (\`asrd worker\`) in this asrd"
   SKIPPED=$((SKIPPED + 1))
 else
