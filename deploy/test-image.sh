@@ -66,7 +66,7 @@ size_of() { podman image inspect -f '{{.Size}}' "$1"; }
 human() { python3 -c "print(f'{$1 / 1e9:.2f} GB')"; }
 check() { python3 deploy/checks.py "$@"; }
 # One-off containers, without the image's HEALTHCHECK (podman would ask systemd for a timer).
-once() { podman once --no-healthcheck "$@"; }
+once() { podman run --rm --no-healthcheck "$@"; }
 
 say "base image: Debian bookworm + Python, with mmdebstrap"
 BASE_TAR=$CACHE/debian-bookworm-python.tar
