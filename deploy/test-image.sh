@@ -205,6 +205,10 @@ else
   check asr "http://127.0.0.1:$API_PORT" en_jfk_inaugural_1961.flac \
     || { show_log asrd-api; show_log asrd-worker-1; show_log asrd-worker-2; fail "/asr on the API"; }
   ok "/asr on the API replica"
+  if once --network none "$CPU" asrd env-table | grep -q SYNC_VIA_WORKERS; then
+    ! podman logs asrd-api 2>&1 | grep -q "loading model" || fail "the API replica loaded a model"
+    ok "the API replica loaded no model: the workers ran both"
+  fi
   METRICS=$(python3 -c "import urllib.request as r
 print(r.urlopen('http://127.0.0.1:${WORKER_PORTS[0]}/metrics').read().decode())")
   grep -q '^asrd_queue_depth' <<< "$METRICS" || fail "no asrd_queue_depth in a worker's /metrics"
