@@ -114,6 +114,9 @@ podman volume create asrd-test-data > /dev/null
 podman run -d --name asrd-test --network host --read-only -v asrd-test-data:/data \
   -e PORT="$PORT" -e CPU_THREADS=2 -e HF_HUB_OFFLINE=1 "$CPU" > /dev/null
 show_log() { podman logs "$1" 2>&1 | tail -40; }
+# Whether a container's log has a line (read whole first: `grep -q` on a pipe would end the
+# writer early, which pipefail counts as a failure).
+log_has() { local log; log=$(podman logs "$1" 2>&1); grep -q -- "$2" <<< "$log"; }
 check wait "http://127.0.0.1:$PORT" --timeout 180 --container asrd-test \
   || { show_log asrd-test; fail "/hc"; }
 ok "/hc 200"
@@ -126,7 +129,7 @@ echo "the server's user id: $USER_ID"
 ok "not root"
 podman healthcheck run asrd-test || fail "healthcheck"
 ok "HEALTHCHECK healthy"
-podman logs asrd-test 2>&1 | grep -q "loading model tiny.en from /opt/asrd/models/tiny.en" \
+log_has asrd-test "loading model tiny.en from /opt/asrd/models/tiny.en" \
   || { show_log asrd-test; fail "the baked model was not used"; }
 VOLUME=$(podman volume inspect -f '{{.Mountpoint}}' asrd-test-data)
 [ -z "$(find "$VOLUME" -name model.bin)" ] || fail "a model was written into the /data volume"
@@ -146,7 +149,8 @@ wait "$REQUEST" || { cat "$WORK/inflight.out"; show_log asrd-test; fail "the req
 cat "$WORK/inflight.out"
 [ "$EXIT" = 0 ] || { show_log asrd-test; fail "exit status $EXIT after SIGTERM"; }
 # The request was in progress when SIGTERM came: its log line follows the shutdown's.
-podman logs asrd-test 2>&1 | sed -n '/shutting down/,$p' | grep -q "POST /asr 200" \
+AFTER_SIGTERM=$(podman logs asrd-test 2>&1 | sed -n '/shutting down/,$p')
+grep -q "POST /asr 200" <<< "$AFTER_SIGTERM" \
   || { show_log asrd-test; fail "the request was not in progress at SIGTERM"; }
 [ $((SECONDS - STOP_AT)) -le 32 ] || fail "took longer than SHUTDOWN_GRACE_S + 2 to stop"
 ok "SIGTERM: the request in progress finished, exit 0"
@@ -205,8 +209,9 @@ else
   check asr "http://127.0.0.1:$API_PORT" en_jfk_inaugural_1961.flac \
     || { show_log asrd-api; show_log asrd-worker-1; show_log asrd-worker-2; fail "/asr on the API"; }
   ok "/asr on the API replica"
-  if once --network none "$CPU" asrd env-table | grep -q SYNC_VIA_WORKERS; then
-    ! podman logs asrd-api 2>&1 | grep -q "loading model" || fail "the API replica loaded a model"
+  SETTINGS=$(once --network none "$CPU" asrd env-table)
+  if grep -q SYNC_VIA_WORKERS <<< "$SETTINGS"; then
+    ! log_has asrd-api "loading model" || fail "the API replica loaded a model"
     ok "the API replica loaded no model: the workers ran both"
   fi
   METRICS=$(python3 -c "import urllib.request as r
