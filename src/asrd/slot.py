@@ -234,7 +234,9 @@ class ModelSlot:
             self.on_load(elapsed)
 
     def _load_model(self, device: DeviceChoice) -> WhisperModel:
-        self.model_path = resolve_model(self.model_id, self.settings.cache_dir)
+        self.model_path = resolve_model(
+            self.model_id, self.settings.cache_dir, baked_dir=self.settings.baked_models_dir
+        )
         with contextlib.suppress(OSError):
             self.size_bytes = (self.model_path / "model.bin").stat().st_size
         log.info("loading model %s from %s on %s (%s)", self.public_id, self.model_path,

@@ -94,7 +94,9 @@ async def download_model(settings: SettingsDep, model_id: str) -> JSONResponse:
     an installed package) is not downloaded again. The hub's own timeouts bound it."""
     model_id = model_id.rstrip("/")
     try:
-        await asyncio.to_thread(resolve_model, model_id, settings.cache_dir)
+        await asyncio.to_thread(
+            resolve_model, model_id, settings.cache_dir, baked_dir=settings.baked_models_dir
+        )
     except ModelNotAvailable as exc:
         status, code = (
             (400, "invalid_model") if "unknown model" in str(exc) else (502, "download_failed")

@@ -133,7 +133,9 @@ async def list_models(
     for index, slot in enumerate(models.slots):
         data += [model_object(slot, alias) for alias in models.names.aliases_of(index)]
     if available:
-        on_disk = await asyncio.to_thread(local_models, settings.cache_dir)
+        on_disk = await asyncio.to_thread(
+            local_models, settings.cache_dir, settings.baked_models_dir
+        )
         data += [_unserved(name) for name in on_disk if models.names.find(name) is None]
     return ModelList(data=data)
 
