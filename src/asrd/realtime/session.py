@@ -520,14 +520,14 @@ class RealtimeSession:
     def _maybe_partial(self, on_tick: bool = True) -> None:
         """Decode the open utterance again once it has grown by the partial interval (on a
         tick), or at once in a pause, unless its previous re-decode is still on its way."""
-        in_flight = self._partial_task is not None and not self._partial_task.done()
+        if self._partial_task is not None and not self._partial_task.done():
+            return
         early = False
         if self._turns is not None:
             if not self._turns.speaking or self._utterance_start is None:
                 return
             start = self._utterance_start
-            # The speaker paused: hear the whole turn now, in case the pause ends it (the
-            # re-decode on its way heard less: it is dropped, if it hasn't begun).
+            # The speaker paused: hear the whole turn now, in case the pause ends it.
             silence = self._turns.silence_since
             covered = silence is not None and self._partial_end >= silence + COVERED_S * SAMPLE_RATE
             early = (
@@ -535,13 +535,8 @@ class RealtimeSession:
                 and not covered
                 and self.buffer.end - silence >= COVERED_S * SAMPLE_RATE
             )
-            if early and in_flight and self._partial_task is not None:
-                self._partial_task.cancel()
-                in_flight = False
         else:
             start = self.buffer.start
-        if in_flight:
-            return
         length = self.buffer.end - start
         grown = length - self._partial_length >= self.limits.partial_interval_s * SAMPLE_RATE
         if not early and not (on_tick and grown):
