@@ -104,14 +104,29 @@ def test_background_jobs_lead_only_when_nothing_else_waits() -> None:
     # Alone, live captions' partial re-decodes are batched like any short requests.
     assert len(pick_batch([], DecodeSettings(batch_size=6), partials)) == 3
     long = job(50)
-    batch = pick_batch([long], DecodeSettings(batch_size=6), partials)
+    gpu = DecodeSettings(batch_size=6, encode_batch_size=6)
+    batch = pick_batch([long], gpu, partials)
     # Together they take one share (a window each), after the file's windows.
     assert batch[:3] == long.windows[:3]
     assert batch[3:] == [p.windows[0] for p in partials]
     # No room left by the others: they wait.
     requests = [job(10) for _ in range(6)]
-    batch = pick_batch(requests, DecodeSettings(batch_size=6), partials)
+    batch = pick_batch(requests, gpu, partials)
     assert all(window.job in requests for window in batch)
+
+
+def test_on_a_cpu_background_jobs_take_at_most_one_input_more() -> None:
+    cpu = DecodeSettings(batch_size=6, encode_batch_size=1)  # one encoder pass per input
+    partials = [job(1, seconds=8.0) for _ in range(4)]
+    long = job(50)
+    batch = pick_batch([long], cpu, partials)
+    # The file's 3 windows (3 inputs), then one input of partials: 3 of 8 s fit in 30 s.
+    assert batch[:3] == long.windows[:3]
+    assert [w.job for w in batch[3:]] == partials[:3]
+    # A short request's pack has room: partials fill it first.
+    short = job(1, seconds=4.0)
+    batch = pick_batch([short], cpu, partials)
+    assert len(batch) == 4  # 4 + 3 x 8 s with 2 s gaps: two inputs in all
 
 
 def test_background_jobs_join_only_batches_of_their_key() -> None:

@@ -7,7 +7,7 @@ timing choice and temperature per batch.
 
 from __future__ import annotations
 
-from .packing import cost
+from .packing import cost, pack_batch
 from .settings import FALLBACK_TEMPERATURES, WINDOW_S, DecodeSettings
 from .windows import Job, Window
 
@@ -49,7 +49,10 @@ def pick_batch(
 
     `background` jobs (live captions' partial re-decodes) lead a batch only when no other job
     waits; otherwise together they get one share, a window each, after the others' windows
-    and only where those left room, so they never starve a request."""
+    and only where those left room, so they never starve a request. Where the encoder takes
+    one input at a time (a CPU), where each input costs a pass, they also take at most one
+    input more than the others' windows need: the room left in those inputs' packs, then
+    one input of their own."""
     background = background or []
     if not order:
         return _pick(background, settings, len(background))
@@ -59,14 +62,20 @@ def pick_batch(
     batch = _pick(order, settings, parts)
     capacity = settings.batch_size * WINDOW_S - sum(cost(w, settings) for w in batch)
     share = max(1, settings.batch_size // parts)
+    one_at_a_time = settings.encode_batch_size <= 1
+    inputs = len(pack_batch(batch, settings)) + 1
     key = batch_key(order[0].pending[0])
     for job in background:
         if share <= 0 or capacity <= 0 or len(batch) >= settings.batch_size:
             break
-        if job.pending and batch_key(job.pending[0]) == key:
-            batch.append(job.pending[0])
-            capacity -= cost(job.pending[0], settings)
-            share -= 1
+        if not job.pending or batch_key(job.pending[0]) != key:
+            continue
+        window = job.pending[0]
+        if one_at_a_time and len(pack_batch([*batch, window], settings)) > inputs:
+            continue
+        batch.append(window)
+        capacity -= cost(window, settings)
+        share -= 1
     return batch
 
 
