@@ -3,6 +3,7 @@
     python bench/soak.py --requests 1000 --concurrency 8
     python bench/soak.py --requests 150 --seed 1                 # a short check
     python bench/soak.py --url http://host:8000 --pid 1234       # a running server (local pid)
+    python bench/soak.py --cluster --tasks 120 --sync 60         # Redis, 2 API + 2 workers, kills
 
 Sends N requests from C threads, a seeded mix of kinds (in proportions, then shuffled):
   36% valid: real English clips (some in the variant formats) to `POST /asr` (raw body) or
@@ -1155,6 +1156,10 @@ def log_findings(log_path: Path | None) -> dict:
 
 
 def main() -> int:
+    if "--cluster" in sys.argv[1:]:  # 2 API replicas + 2 workers on Redis: bench/soak_cluster.py
+        import soak_cluster
+
+        return soak_cluster.main([arg for arg in sys.argv[1:] if arg != "--cluster"])
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=1000)
     parser.add_argument("--concurrency", type=int, default=8)

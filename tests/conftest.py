@@ -149,9 +149,16 @@ def model_dir() -> str:
 
 
 class AsrdServer:
-    """A real `asrd serve` process on a free port, with its log captured to a file."""
+    """A real `asrd serve` process (or `asrd worker`, `command`) on a free port, with its log
+    captured to a file."""
 
-    def __init__(self, env: dict[str, str], log_path: Path, cwd: Path | None = None):
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        cwd: Path | None = None,
+        command: tuple[str, ...] = ("serve",),
+    ):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -160,7 +167,7 @@ class AsrdServer:
         full_env["PORT"] = str(self.port)
         self._log = log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "asrd", "serve"],
+            [sys.executable, "-m", "asrd", *command],
             env=full_env,
             cwd=cwd,
             stdout=self._log,

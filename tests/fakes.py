@@ -5,7 +5,7 @@ tests use the real models; these only check what the HTTP layer does with an ans
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +46,7 @@ class FakeSlot:
     weights_bytes: int = 75_000_000
     ttl_s: float | None = None
     accepting: bool = True
+    loaded_once: bool = True
 
     @property
     def tasks(self) -> list[str]:
@@ -63,14 +64,19 @@ class FakeSlot:
         if task == "translate" and not self.multilingual:
             raise ValueError(f"the model {self.public_id} is English-only: it can't translate")
 
-    async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
+    def in_use(self) -> AbstractAsyncContextManager[None]:
+        return nullcontext()  # type: ignore[return-value]
+
+    async def transcribe(
+        self, samples: np.ndarray, options: TranscribeOptions, **_: object
+    ) -> Transcript:
         self.calls.append(options)
         if self.failure is not None:
             raise self.failure
         return canned(len(samples) / 16_000, options)
 
     async def stream(
-        self, samples: np.ndarray, options: TranscribeOptions
+        self, samples: np.ndarray, options: TranscribeOptions, *, streaming: bool = True
     ) -> AsyncIterator[Segment | Transcript]:
         transcript = await self.transcribe(samples, options)
         for segment in transcript.segments:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from fakes import FakeSlot, ModelNotReady, fake_server
 
 from conftest import CLIPS
+from fakes import FakeSlot, ModelNotReady, fake_server
 
 AUDIO = CLIPS["en_timit_LDC93S1.wav"].read()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -113,3 +114,41 @@ def test_the_second_seeds_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.authorized_mails == ["a@example.org", "b@example.org"]
     assert settings.max_model == "turbo"
     assert load_settings(host="::1", listen=None).host == "::1"  # `asrd serve --host` wins
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"ROLE": "api"}, "ROLE=api needs QUEUE_BACKEND=redis"),
+        ({"ROLE": "worker"}, "ROLE=worker needs QUEUE_BACKEND=redis"),
+        ({"SYNC_VIA_WORKERS": "1"}, "SYNC_VIA_WORKERS needs QUEUE_BACKEND=redis"),
+        ({"QUEUE_BACKEND": "redis"}, "REDIS_URL: needed with QUEUE_BACKEND=redis"),
+        (
+            {"QUEUE_BACKEND": "redis", "REDIS_URL": "http://:hunter2@h/0"},
+            "must start with redis://",
+        ),
+        ({"REDIS_PREFIX": "a b"}, "REDIS_PREFIX:"),
+    ],
+)
+def test_scale_out_settings_are_checked(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], message: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as excinfo:
+        load_settings()
+    assert message in str(excinfo.value)
+    assert "hunter2" not in str(excinfo.value)  # a password in REDIS_URL is never echoed
+
+
+def test_worker_and_no_worker_commands_need_redis() -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    if "PYTHONPATH" in os.environ:  # a checkout tested without installing it
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
+    for command in (["worker"], ["serve", "--no-worker"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "asrd", *command],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 2, result.stderr
+        assert "needs QUEUE_BACKEND=redis" in result.stderr and "Traceback" not in result.stderr

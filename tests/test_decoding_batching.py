@@ -97,3 +97,23 @@ def test_temperature_follows_the_fallback_schedule_unless_one_is_asked_for() -> 
     plain.windows[0].temperature_index = 2
     assert temperature(plain.windows[0]) == 0.4
     assert temperature(fixed.windows[0]) == 0.5
+
+
+def test_background_jobs_lead_only_when_nothing_else_waits() -> None:
+    partials = [job(1, seconds=3.0) for _ in range(3)]
+    # Alone, live captions' partial re-decodes are batched like any short requests.
+    assert len(pick_batch([], DecodeSettings(batch_size=6), partials)) == 3
+    long = job(50)
+    batch = pick_batch([long], DecodeSettings(batch_size=6), partials)
+    # Together they take one share (a window each), after the file's windows.
+    assert batch[:3] == long.windows[:3]
+    assert batch[3:] == [p.windows[0] for p in partials]
+    # No room left by the others: they wait.
+    requests = [job(10) for _ in range(6)]
+    batch = pick_batch(requests, DecodeSettings(batch_size=6), partials)
+    assert all(window.job in requests for window in batch)
+
+
+def test_background_jobs_join_only_batches_of_their_key() -> None:
+    french = job(1, seconds=3.0, language="fr")
+    assert pick_batch([job(2)], DecodeSettings(batch_size=6), [french])[-1].job is not french

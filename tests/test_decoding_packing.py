@@ -21,12 +21,21 @@ def window(seconds: float, language: str | None = "en", **options: object) -> Wi
 def test_short_windows_are_packed_up_to_30_s_with_gaps() -> None:
     windows = [window(s) for s in (5.0, 8.0, 10.0, 6.0, 3.0)]
     packs = pack_batch(windows, SETTINGS)
-    assert packs == [windows[:3], windows[3:]]  # 5 + 2 + 8 + 2 + 10 = 27; + 2 + 6 > 30
-    start, end, offsets = layout(packs[0])
-    assert (start, end, offsets) == (0.0, 27.0, [0.0, 7.0, 17.0])
-    assert layout(packs[1]) == (0.0, 11.0, [0.0, 8.0])
+    # Longest first: 10 + 2 + 8 + 2 + 6 = 28, then 5 + 2 + 3; parts in the batch's order.
+    assert packs == [[windows[0], windows[4]], windows[1:4]]
+    assert layout(packs[0]) == (0.0, 10.0, [0.0, 7.0])
+    assert layout(packs[1]) == (0.0, 28.0, [0.0, 10.0, 22.0])
     for pack in packs:
         assert layout(pack)[1] <= 30.0
+
+
+def test_packs_fill_inputs_first_fit_longest_first() -> None:
+    # In arrival order these take 4 inputs (8.3 + 4 + 11 | 7.1 + 3 + 6.6 | 5.9 | 8.7 ...).
+    windows = [window(s) for s in (8.3, 4.0, 11.0, 7.1, 3.0, 6.6, 5.9, 8.7)]
+    packs = pack_batch(windows, SETTINGS)
+    assert len(packs) == 3
+    assert sorted(id(w) for pack in packs for w in pack) == sorted(id(w) for w in windows)
+    assert all(layout(pack)[1] <= 30.0 for pack in packs)
 
 
 def test_a_pack_costs_what_it_holds_a_window_alone_a_whole_input() -> None:

@@ -111,3 +111,28 @@ def test_newcomers_join_at_every_pass_and_earlier_ones_keep_their_place() -> Non
     waiting = scheduler._let_newcomers_in(waiting, done)
     assert waiting == [[other.windows[0]], [last.windows[0]]]
     assert {w for j in (first, other, last) for w in j.windows} <= set(scheduler._in_flight)
+
+
+def short(seconds: float) -> Job:
+    made = Job(samples=np.ones(16_000, np.int16), options=TranscribeOptions(), windows=[])
+    made.windows = [made.window_at(0.0, seconds, [(0.0, seconds)])]
+    return made
+
+
+def test_in_a_batch_of_short_requests_newcomers_fill_packs_or_wait_for_the_next() -> None:
+    """A newcomer of its own would cost a whole encoder pass: it goes into a pack not encoded
+    yet that has room, or waits to be packed with the others in the next batch."""
+    scheduler = Scheduler(DecodeSettings(batch_size=4))
+    scheduler._whisper = FakeWhisper  # type: ignore[method-assign]
+    first, second = short(12.0), short(5.0)
+    admitted(scheduler, first, second)
+    assert scheduler._pick_batch() == [first.windows[0], second.windows[0]]
+    done, waiting = [[second.windows[0]]], [[first.windows[0]]]
+    fits, too_long = short(6.0), short(14.0)
+    scheduler.submit(fits)
+    scheduler.submit(too_long)
+    encode_next = scheduler._let_newcomers_in(waiting, done)
+    assert encode_next == [[first.windows[0], fits.windows[0]]]  # 12 + 2 + 6 <= 30
+    assert list(too_long.pending) == too_long.windows  # 12 + 2 + 6 + 2 + 14 > 30: next batch
+    assert fits.windows[0] in scheduler._in_flight
+    assert too_long.windows[0] not in scheduler._in_flight

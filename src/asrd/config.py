@@ -555,6 +555,123 @@ class Settings(BaseSettings):
         ),
     )
 
+    # --- Scale-out: a Redis queue shared by API replicas and workers (docs/scale-out.md) ------
+    queue_backend: Literal["memory", "redis"] = Field(
+        "memory",
+        description=(
+            "Where tasks wait and results are kept: `memory` (this process; one server) or "
+            "`redis` (REDIS_URL; any number of API replicas and workers share it, and a task "
+            "outlives the process that took it). `redis` needs `asrd[redis]`."
+        ),
+    )
+    redis_url: str | None = Field(
+        None,
+        description=(
+            "The Redis of QUEUE_BACKEND=redis: `redis://[:password@]host:port/db`, or "
+            "`rediss://...` for TLS (`?ssl_cert_reqs=required&ssl_ca_certs=/path/ca.pem` to "
+            "check the server). Never logged. Needs persistence on (appendonly) for accepted "
+            "tasks to survive a Redis restart."
+        ),
+    )
+    redis_prefix: str = Field(
+        "asrd",
+        pattern=r"^[A-Za-z0-9_.-]{1,64}$",
+        description=(
+            "Prefix of every Redis key asrd writes, so several deployments can share one Redis "
+            "(letters, digits, `_`, `.`, `-`)."
+        ),
+    )
+    role: Literal["all", "api", "worker"] = Field(
+        "all",
+        description=(
+            "`all`: the HTTP API and a task worker (as one server). `api` (`asrd serve "
+            "--no-worker`): the API only, no model loaded for tasks (needs "
+            "QUEUE_BACKEND=redis). `worker` (`asrd worker`): takes tasks from Redis, serves "
+            "only `/hc` and `/metrics` on HOST/PORT."
+        ),
+    )
+    task_lease_s: float = Field(
+        30,
+        ge=1,
+        le=3600,
+        description=(
+            "QUEUE_BACKEND=redis: a worker renews the lease on its task every second; a "
+            "worker that stops renewing it (killed, frozen, cut off) loses the task this "
+            "many seconds later to another worker, which runs it again (one result, one "
+            "callback)."
+        ),
+    )
+    sync_via_workers: bool = Field(
+        False,
+        description=(
+            "QUEUE_BACKEND=redis: `/asr` and `/v1/audio/*` (streaming too) are run by the "
+            "workers through Redis instead of on this server's model, so thin API replicas "
+            "can front a pool of GPU workers. A client that hangs up stops the work; a worker "
+            "that dies mid-request gives its client a 503 within TASK_LEASE_S."
+        ),
+    )
+    sync_worker_wait_s: float = Field(
+        10,
+        gt=0,
+        le=600,
+        description=(
+            "SYNC_VIA_WORKERS: how long a request waits for a worker to take it (all busy, "
+            "or none running) before it gets 503."
+        ),
+    )
+
+    # --- Live transcription (`/v1/realtime`) ----------------------------------------------------
+    max_realtime_sessions: int | None = Field(
+        16,
+        ge=0,
+        description=(
+            "Live transcription sessions (Realtime API WebSockets) open at once; beyond it the "
+            "handshake is refused with 503 and Retry-After. 0: no live sessions. Unset: no "
+            "limit. Sessions don't count against MAX_CONCURRENT_REQUESTS."
+        ),
+    )
+    realtime_max_session_s: float = Field(
+        3600,
+        gt=0,
+        description=(
+            "Longest a live session may last, and most audio it may send (seconds); then it "
+            "gets an `error` event `session_expired` and is closed (1008)."
+        ),
+    )
+    realtime_idle_timeout_s: float = Field(
+        60,
+        gt=0,
+        description=(
+            "A live session whose client sends nothing for this long is closed (1000, reason "
+            "`idle timeout`)."
+        ),
+    )
+    realtime_max_buffer_mb: float = Field(
+        15,
+        gt=0,
+        description=(
+            "Most uncommitted audio a live session holds (at 16 kHz, 16-bit: 15 MB is about "
+            "8 minutes); with server VAD a turn is cut at 30 s anyway. An append past it gets "
+            "an `error` event `input_audio_buffer_full`."
+        ),
+    )
+    realtime_max_message_mb: float = Field(
+        8,
+        gt=0,
+        description="Largest WebSocket message a live session takes; a bigger one closes it "
+        "(1009).",
+    )
+    realtime_partial_interval_ms: int = Field(
+        500,
+        ge=100,
+        description=(
+            "A live utterance is decoded again for its partial text (deltas) each time it has "
+            "grown by this much audio, at low priority, skipped while the previous re-decode "
+            "is still on its way; every session's re-decodes start on one shared clock of this "
+            "period, so they are batched together."
+        ),
+    )
+
     # --- Logging and admin ---------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO", description="Log level."
@@ -726,6 +843,25 @@ class Settings(BaseSettings):
                 self.authorized_mails.append(mail)
         return self
 
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
+        if value is not None and not value.startswith("rediss://") and "ssl_" in value:
+            raise ValueError("ssl_* options need rediss:// (TLS)")
+        return value
+
+    @model_validator(mode="after")
+    def _check_scale_out(self) -> Settings:
+        if self.queue_backend == "redis" and not self.redis_url:
+            raise ValueError("REDIS_URL: needed with QUEUE_BACKEND=redis")
+        if self.role != "all" and self.queue_backend != "redis":
+            raise ValueError(f"ROLE={self.role} needs QUEUE_BACKEND=redis (a shared queue)")
+        if self.sync_via_workers and self.queue_backend != "redis":
+            raise ValueError("SYNC_VIA_WORKERS needs QUEUE_BACKEND=redis")
+        return self
+
     @field_validator("max_uploads_in_memory_mb")
     @classmethod
     def _room_for_one_upload(cls, value: float | None, info: ValidationInfo) -> float | None:
@@ -755,8 +891,20 @@ class Settings(BaseSettings):
         return int(megabytes * 1024 * 1024)
 
     @property
+    def realtime_max_buffer_bytes(self) -> int:
+        return int(self.realtime_max_buffer_mb * 1024 * 1024)
+
+    @property
+    def realtime_max_message_bytes(self) -> int:
+        return int(self.realtime_max_message_mb * 1024 * 1024)
+
+    @property
     def max_decoded_audio_bytes(self) -> int:
         return int(self.max_decoded_audio_mb * 1024 * 1024)
+
+
+# Never echoed back in an error message: they may hold a password.
+SECRET_SETTINGS = frozenset({"REDIS_URL"})
 
 
 class ConfigError(Exception):
@@ -770,8 +918,12 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         lines = []
         for error in exc.errors():
-            name = str(error["loc"][0]).upper() if error["loc"] else "?"
+            if not error["loc"]:  # a check across settings names them itself
+                lines.append(error["msg"].removeprefix("Value error, "))
+                continue
+            name = str(error["loc"][0]).upper()
             raw = os.environ.get(name)
-            got = f" (got {raw!r})" if raw is not None else ""
+            shown = raw is not None and name not in SECRET_SETTINGS
+            got = f" (got {raw!r})" if shown else ""
             lines.append(f"{name}: {error['msg']}{got}")
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None

@@ -13,8 +13,9 @@ from collections import OrderedDict
 from typing import ClassVar
 
 import h11
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from .errors import error_body, send_error
 
@@ -171,6 +172,20 @@ class AsrdProtocol(H11Protocol):
             self._cancel_header_timer()
             self.table.set_busy(self)
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        """A WebSocket (a live session) leaves the connection table: MAX_REALTIME_SESSIONS
+        bounds those (the h11 protocol hands the socket over and never hears of it again).
+        A connection refused for MAX_CONNECTIONS is refused here too."""
+        self._cancel_header_timer()
+        if self in self.table.refusing:
+            message = f"too many connections (MAX_CONNECTIONS={self.table.cap}) and all busy"
+            body = error_body("too_many_connections", message)
+            self.transport.write(_raw_response(503, "Service Unavailable", body))
+            self.transport.close()
+            return
+        self.table.close(self)
+        super().handle_websocket_upgrade(event)
+
     def on_response_complete(self) -> None:
         # Idle before uvicorn looks for a pipelined request (which makes it busy again).
         self._busy = self._partial = False
@@ -217,3 +232,14 @@ class AsrdProtocol(H11Protocol):
         message = f"too many connections (MAX_CONNECTIONS={self.table.cap}) and all busy; retry"
         headers = {"Retry-After": "2", "Connection": "close"}
         await send_error(scope, send, 503, "too_many_connections", message, headers)
+
+
+class AsrdWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's sans-I/O WebSocket protocol, knowing that a handshake refused with an HTTP
+    answer (ASGI's `websocket.http.response`: a 401, a 503) is complete: uvicorn would log
+    "ASGI callable returned without completing handshake" as an error for every refusal."""
+
+    async def send(self, message: Message) -> None:  # type: ignore[override]
+        await super().send(message)
+        if message["type"] == "websocket.http.response.body" and not message.get("more_body"):
+            self.handshake_complete = True

@@ -83,13 +83,22 @@ def body_for(path: str, status: int, code: str, message: str, param: str | None 
 async def send_error(
     scope: Scope, send: Send, status: int, code: str, message: str, headers: dict[str, str]
 ) -> None:
-    """Answer from a pure ASGI middleware, before the app has seen the request."""
+    """Answer from a pure ASGI middleware, before the app has seen the request. A WebSocket
+    handshake is refused with the same HTTP answer where the server can send one (ASGI's
+    `websocket.http.response`), else closed with 1008 (refused) or 1013 (try again later)."""
     payload = json.dumps(body_for(scope["path"], status, code, message)).encode()
     raw_headers = [(b"content-type", b"application/json"),
                    (b"content-length", str(len(payload)).encode())]  # fmt: skip
     raw_headers += [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload})
+    kind = "http"
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            close = 1013 if status in (429, 503) else 1008
+            await send({"type": "websocket.close", "code": close, "reason": message[:120]})
+            return
+        kind = "websocket.http"
+    await send({"type": f"{kind}.response.start", "status": status, "headers": raw_headers})
+    await send({"type": f"{kind}.response.body", "body": payload})
 
 
 def error_response(

@@ -108,12 +108,17 @@ class BodySizeLimitMiddleware:
         upload_limit_bytes: int,
         form_overhead_bytes: int,
         memory: MemoryBudget | None = None,
+        message_limit_bytes: int | None = None,
     ):
         self.app, self.upload_limit = app, upload_limit_bytes
         self.form_limit = upload_limit_bytes + form_overhead_bytes
         self.memory = memory
+        self.message_limit = message_limit_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket" and self.message_limit is not None:
+            await self._websocket(scope, receive, send, self.message_limit)
+            return
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
@@ -166,6 +171,23 @@ class BodySizeLimitMiddleware:
         finally:
             if held is not None:
                 held.release()
+
+    async def _websocket(self, scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+        """A WebSocket message over `limit` (REALTIME_MAX_MESSAGE_MB) closes the socket with
+        1009 (the server's own frame limit, set from the same setting, usually comes first);
+        the app sees a disconnect."""
+
+        async def limited_receive() -> Message:
+            message = await receive()
+            if message["type"] == "websocket.receive":
+                size = len(message.get("text") or "") + len(message.get("bytes") or b"")
+                if size > limit:
+                    reason = "message too big (REALTIME_MAX_MESSAGE_MB)"
+                    await send({"type": "websocket.close", "code": 1009, "reason": reason})
+                    return {"type": "websocket.disconnect", "code": 1009, "reason": reason}
+            return message
+
+        await self.app(scope, limited_receive, send)
 
 
 _BUSY = (

@@ -22,7 +22,7 @@ import h11
 import uvicorn
 
 from .config import ConfigError, Settings
-from .connections import AcceptErrorFilter, AsrdProtocol, ConnectionTable
+from .connections import AcceptErrorFilter, AsrdProtocol, AsrdWebSocketProtocol, ConnectionTable
 from .shutdown import CUT_REQUESTS_S, ShutdownState
 
 log = logging.getLogger(__name__)
@@ -213,7 +213,14 @@ def serve(settings: Settings) -> int:
     config = uvicorn.Config(
         app,
         http=protocol,
-        ws="none",  # no WebSocket routes: no upgrades either
+        # Live sessions (`/v1/realtime`): one message at a time is read (reading pauses until
+        # the app takes it), none over REALTIME_MAX_MESSAGE_MB, no compression (no inflating
+        # bombs, no CPU spent on audio that doesn't compress); pings find vanished clients.
+        ws=AsrdWebSocketProtocol,
+        ws_max_size=settings.realtime_max_message_bytes + 1024,
+        ws_per_message_deflate=False,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
         loop="asyncio",
         log_config=None,
         access_log=False,  # asrd's own access log shortens task ids

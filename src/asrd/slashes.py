@@ -26,7 +26,7 @@ class TrailingSlashMiddleware:
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
+        if scope["type"] in ("http", "websocket"):
             path = scope["path"]
             stripped = path.rstrip("/")
             if stripped != path and stripped and self._routed(scope, stripped):

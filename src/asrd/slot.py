@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -28,7 +29,7 @@ from .audio import SAMPLE_RATE, decode_audio
 from .audio_lanes import AudioLanes
 from .compute import ComputeGate
 from .config import Settings
-from .decoding import DecodedSegment, JobResult, Scheduler, new_job, release_free_memory
+from .decoding import DecodedSegment, Job, JobResult, Scheduler, new_job, release_free_memory
 from .devices import DeviceChoice, cpu_instead, decode_settings
 from .languages import LANGUAGES
 from .models import canonical_name, estimated_size, public_model_id, resolve_model
@@ -50,6 +51,20 @@ class ModelNotReady(Exception):
     def __init__(self, message: str, *, retry_after_s: int | None = 5):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Priority:
+    """A job's priority that can change while it waits: a live turn's partial re-decode that
+    turns out to be its final decode is promoted to normal priority."""
+
+    background: bool = True
+    job: Job | None = None
+
+    def promote(self) -> None:
+        self.background = False
+        if self.job is not None:
+            self.job.background = False  # read by the scheduler at its next pick
 
 
 class ModelInUse(Exception):
@@ -316,16 +331,38 @@ class ModelSlot:
 
     # --- transcribing ----------------------------------------------------------------------
 
-    async def transcribe(self, samples: np.ndarray, options: TranscribeOptions) -> Transcript:
-        """The whole transcript, once every window is decoded."""
+    def in_use(self) -> contextlib.AbstractAsyncContextManager[None]:
+        """Hold the model for a while (a live session between its turns): loaded if needed,
+        never unloaded meanwhile."""
+        return self._job()
+
+    async def transcribe(
+        self,
+        samples: np.ndarray,
+        options: TranscribeOptions,
+        *,
+        background: bool | Priority = False,
+        speech: list[tuple[float, float]] | None = None,
+    ) -> Transcript:
+        """The whole transcript, once every window is decoded. `background`: at low priority
+        (live captions' partial re-decodes; a `Priority` can promote it later); `speech`: the
+        speech spans (seconds) when known, so no VAD runs."""
         transcript = None
-        async for item in self.stream(samples, options, streaming=False):
+        async for item in self.stream(
+            samples, options, streaming=False, background=background, speech=speech
+        ):
             transcript = item
         assert isinstance(transcript, Transcript)
         return transcript
 
     async def stream(
-        self, samples: np.ndarray, options: TranscribeOptions, *, streaming: bool = True
+        self,
+        samples: np.ndarray,
+        options: TranscribeOptions,
+        *,
+        streaming: bool = True,
+        background: bool | Priority = False,
+        speech: list[tuple[float, float]] | None = None,
     ) -> AsyncIterator[Segment | Transcript]:
         """Segments as soon as their windows are decoded, then the whole `Transcript`.
 
@@ -342,10 +379,18 @@ class ModelSlot:
                     loop.call_soon_threadsafe(queue.put_nowait, item)
 
             settings = self.decode_settings
-            job = await self.audio.find_speech(
-                samples,
-                lambda audio: new_job(audio, options, settings, to_loop if streaming else None),
-            )
+            listener = to_loop if streaming else None
+            if speech is None:
+                job = await self.audio.find_speech(
+                    samples, lambda audio: new_job(audio, options, settings, listener)
+                )
+            else:
+                job = new_job(samples, options, settings, listener, speech)
+            if isinstance(background, Priority):
+                background.job = job
+                job.background = background.background
+            else:
+                job.background = background
             if streaming and options.batch_size:
                 job.max_per_batch = options.batch_size
             job.future.add_done_callback(to_loop)
@@ -363,7 +408,7 @@ class ModelSlot:
                             for segment in result.segments:
                                 placed.append(clock.place(_segment(segment, len(placed))))
                         transcript = _transcript(result, placed, samples, options)
-                        if self.on_transcribed is not None:
+                        if self.on_transcribed is not None and background is False:
                             self.on_transcribed(transcript.duration, time.perf_counter() - started)
                         yield transcript
                         return

@@ -130,3 +130,33 @@ def _spans(probabilities: np.ndarray, length: int, options: VadOptions) -> list[
             span[1] = int(min(length, span[1] + pad))
             following[0] = int(max(0, following[0] - pad))
     return [(s, e) for s, e in spans]
+
+
+class StreamingVad:
+    """Speech probabilities of a live stream, one per WINDOW samples as they arrive, with the
+    model's context and recurrent state carried from call to call (as `speech_spans` carries
+    them across blocks). Not thread-safe: one stream, one caller at a time."""
+
+    def __init__(self) -> None:
+        self._model = get_vad_model()
+        self._state = np.zeros((1, 1, 128), np.float32), np.zeros((1, 1, 128), np.float32)
+        self._context = np.zeros(CONTEXT, np.float32)
+        self._pending = np.zeros(0, np.float32)
+        self.windows = 0  # windows scored so far
+
+    def feed(self, samples: np.ndarray) -> np.ndarray:
+        """The probabilities of the whole windows completed by `samples` (maybe none)."""
+        audio = np.concatenate([self._pending, _as_float(samples)])
+        whole = len(audio) // WINDOW * WINDOW
+        self._pending = audio[whole:]
+        if not whole:
+            return np.zeros(0, np.float32)
+        rows = audio[:whole].reshape(-1, WINDOW)
+        contexts = np.concatenate([self._context[np.newaxis, :], rows[:-1, -CONTEXT:]])
+        self._context = rows[-1, -CONTEXT:].copy()
+        model_input = np.concatenate([contexts, rows], axis=1)
+        h, c = self._state
+        output, h, c = self._model.session.run(None, {"input": model_input, "h": h, "c": c})
+        self._state = h, c
+        self.windows += len(rows)
+        return output.reshape(-1)

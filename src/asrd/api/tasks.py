@@ -371,9 +371,12 @@ async def decoder_status(
     `max_model_to_use`, `last_loaded_model_size`, `is_model_loaded`, `tasks_in_queue`,
     `currently_busy`, `received_at`) beside asrd's; `models` lists every served model.
     `multilingual`, `tasks` and `languages` say what a model can do: an English-only model
-    (`*.en`) transcribes English only and can't translate."""
+    (`*.en`) transcribes English only and can't translate. `workers` lists the task workers
+    heard from lately (this server's own, or with QUEUE_BACKEND=redis every worker of the
+    cluster): name, busy, the task it runs (short id), its models and devices."""
     default = models.default
     counts = await queue.counts()
+    workers = await queue.workers()
     return JSONResponse(
         {
             **model_status(default),
@@ -382,8 +385,12 @@ async def decoder_status(
             "tasks_processing": counts["processing"],
             "results_kept": counts["finished"] + counts["failed"],
             "max_task_queue_size": settings.max_task_queue_size,
-            "currently_busy": any(slot.busy for slot in models.slots),
-            "current_task": short_id(worker.current.id) if worker.current else None,
+            "currently_busy": any(slot.busy for slot in models.slots)
+            or any(w["busy"] for w in workers),
+            "current_task": short_id(worker.current.id) if worker and worker.current else None,
+            "workers": [
+                {key: value for key, value in w.items() if key != "seen_at"} for w in workers
+            ],
             # The seed's names.
             "is_model_loaded": default.loaded,
             "gpu_mode": default.device.device == "cuda",

@@ -41,9 +41,37 @@ class RoundRobin:
         return ordered
 
 
-def pick_batch(order: list[Job], settings: DecodeSettings) -> list[Window]:
+def pick_batch(
+    order: list[Job], settings: DecodeSettings, background: list[Job] | None = None
+) -> list[Window]:
     """The next batch from the jobs' queues, taken round-robin in `order`. The windows stay
-    queued: each job's are the first ones in its queue, in order (the caller takes them)."""
+    queued: each job's are the first ones in its queue, in order (the caller takes them).
+
+    `background` jobs (live captions' partial re-decodes) lead a batch only when no other job
+    waits; otherwise together they get one share, a window each, after the others' windows
+    and only where those left room, so they never starve a request."""
+    background = background or []
+    if not order:
+        return _pick(background, settings, len(background))
+    if not order[0].pending:
+        return []
+    parts = len(order) + bool(background)
+    batch = _pick(order, settings, parts)
+    capacity = settings.batch_size * WINDOW_S - sum(cost(w, settings) for w in batch)
+    share = max(1, settings.batch_size // parts)
+    key = batch_key(order[0].pending[0])
+    for job in background:
+        if share <= 0 or capacity <= 0 or len(batch) >= settings.batch_size:
+            break
+        if job.pending and batch_key(job.pending[0]) == key:
+            batch.append(job.pending[0])
+            capacity -= cost(job.pending[0], settings)
+            share -= 1
+    return batch
+
+
+def _pick(order: list[Job], settings: DecodeSettings, parts: int) -> list[Window]:
+    """Round-robin over `order`, each job's share being a `parts`-th of the batch."""
     if not order or not order[0].pending:
         return []
     key = batch_key(order[0].pending[0])
@@ -51,7 +79,7 @@ def pick_batch(order: list[Job], settings: DecodeSettings) -> list[Window]:
     taken = dict.fromkeys(order, 0)
     # With several requests waiting, each gets an equal share of the batch: a long file
     # alone fills whole batches, but doesn't crowd out the requests that come along.
-    share = max(1, settings.batch_size // len(order))
+    share = max(1, settings.batch_size // parts)
     # Capacity in 30 s windows: short windows will be packed several to a window.
     capacity = settings.batch_size * WINDOW_S
     taking = True

@@ -8,7 +8,7 @@ import logging
 
 from .batching import preemptible
 from .checks import Final, Retry, SecondPass, Silence, Solo, Verdict, check_pack, check_window
-from .packing import Pack, pack_batch
+from .packing import Pack, fits, pack_batch, packable
 from .results import Decoded, DecodedSegment
 from .settings import DecodeSettings
 from .windows import Job, Window
@@ -31,18 +31,37 @@ def requeue(packs: list[Pack]) -> None:
 
 
 def swap_in(
-    joining: list[Window], waiting: list[Pack], done: int, settings: DecodeSettings
+    joining: list[Window], waiting: list[Pack], done: list[Pack], settings: DecodeSettings
 ) -> list[Pack]:
-    """Newcomers' windows (`joining`) take the place of the batch's `waiting` inputs of long
-    requests, which go back to their queues: the inputs to encode next are the other waiting
-    ones (short requests, earlier newcomers), then the newcomers', as many as the batch has
-    room for after the `done` ones (the rest are queued again)."""
+    """Newcomers' windows (`joining`) join a batch being encoded; returns the inputs to encode
+    next. They first fill the room left in its short windows' packs not encoded yet. In a
+    batch of a long request, the rest take the place of its inputs not encoded yet (those go
+    back to their queue), as far as the batch has room after the `done` ones: a newcomer
+    waits one encoder pass, not a whole batch of the long file's windows. In a batch of short
+    requests only, the rest wait for the next batch, where they are packed with the others
+    that came meanwhile: one more input for a lone short request costs a whole encoder pass.
+    Whatever doesn't join goes back to its queue."""
+    long_batch = any(preemptible(pack) for pack in [*done, *waiting])
     kept = [pack for pack in waiting if not preemptible(pack)]
     requeue([pack for pack in waiting if preemptible(pack)])
-    capacity = max(0, settings.batch_size - done - len(kept))
-    fresh = pack_batch(joining, settings)
+    rest = fill(kept, joining, settings)
+    capacity = max(0, settings.batch_size - len(done) - len(kept)) if long_batch else 0
+    fresh = pack_batch(rest, settings)
     requeue(fresh[capacity:])
     return kept + fresh[:capacity]
+
+
+def fill(packs: list[Pack], windows: list[Window], settings: DecodeSettings) -> list[Window]:
+    """Add `windows` to the `packs` of short windows that have room; return those left."""
+    rest = []
+    for window in windows:
+        for pack in packs:
+            if all(packable(part, settings) for part in [*pack, window]) and fits(pack, window):
+                pack.append(window)
+                break
+        else:
+            rest.append(window)
+    return rest
 
 
 def settle(pack: Pack, decoded: Decoded, settings: DecodeSettings) -> None:

@@ -51,6 +51,7 @@ class Scheduler:
         self._intake: deque[Job] = deque()
         self._wakeup = threading.Condition()
         self._turns = RoundRobin()
+        self._background_turns = RoundRobin()
         self._stopped = False
         self._in_flight: list[Window] = []
         self._thread: threading.Thread | None = None
@@ -181,10 +182,13 @@ class Scheduler:
 
     def _pick_batch(self) -> list[Window]:
         self._drop_cancelled()
-        active = [job for job in self._jobs if job.pending]
-        if not active:
+        active = [job for job in self._jobs if job.pending and not job.background]
+        background = [job for job in self._jobs if job.pending and job.background]
+        if not active and not background:
             return []
-        batch = pick_batch(self._turns.order(active), self.settings)
+        order = self._turns.order(active) if active else []
+        later = self._background_turns.order(background) if background else []
+        batch = pick_batch(order, self.settings, later)
         take(batch)
         return batch
 
@@ -242,18 +246,20 @@ class Scheduler:
         return whisper.encode_each(packs, room_for_newcomers)
 
     def _let_newcomers_in(self, waiting: list[Pack], done: list[Pack]) -> list[Pack]:
-        """Admit newcomers; their first windows take the place of this batch's inputs of long
-        requests not encoded yet, as far as the batch has room."""
+        """Admit newcomers; their first windows join this batch where `swap_in` finds them
+        room (a short pack not encoded yet, or a long request's input not encoded yet)."""
         with self._wakeup:
             arrived = list(self._intake)
             self._intake.clear()
         for job in arrived:
             self._admit(job)
-        admitted = [job for job in arrived if job in self._jobs]
+        # Background jobs (partial re-decodes) wait for the next batch: they never push a
+        # request's input out of this one.
+        admitted = [job for job in arrived if job in self._jobs and not job.background]
         joining = [job.pending.popleft() for job in newcomers(admitted, batch_key(done[0][0]))]
         if not joining:
             return waiting
-        encode_next = swap_in(joining, waiting, len(done), self.settings)
+        encode_next = swap_in(joining, waiting, done, self.settings)
         self._in_flight += [window for pack in encode_next for window in pack if window in joining]
         return encode_next
 

@@ -71,6 +71,8 @@ class Job:
     results: list[DecodedSegment] = field(default_factory=list)
     cancelled: bool = False
     max_per_batch: int | None = None  # streamed jobs: smaller bites, so text comes out sooner
+    # Low priority: live captions' partial re-decodes fill the room other jobs leave.
+    background: bool = False
 
     def cancel(self) -> None:
         """Stop at the next batch; the future is cancelled."""
@@ -91,10 +93,17 @@ def new_job(
     options: TranscribeOptions,
     settings: DecodeSettings,
     on_segments: Callable[[list[DecodedSegment]], None] | None = None,
+    speech: list[Span] | None = None,
 ) -> Job:
-    """A job with its windows cut (VAD runs here: call it off the event loop)."""
+    """A job with its windows cut (VAD runs here: call it off the event loop). `speech`: the
+    speech spans (seconds) when the caller knows them already (live turns): no VAD then."""
     job = Job(samples=samples, options=options, windows=[], on_segments=on_segments)
-    job.windows = [job.window_at(s, e, sp) for s, e, sp in speech_windows(samples, settings)]
+    if speech is None:
+        cuts = speech_windows(samples, settings)
+    else:
+        duration = len(samples) / SAMPLE_RATE
+        cuts = pack_spans(speech, min(settings.chunk_length_s, WINDOW_S), duration)
+    job.windows = [job.window_at(s, e, sp) for s, e, sp in cuts]
     return job
 
 

@@ -1,6 +1,7 @@
 """The task queue: a small interface, and its in-memory implementation (one machine).
 
-A Redis-backed implementation for several machines implements the same `TaskQueue`.
+The Redis-backed implementation for several machines (`redis_queue.py`) implements the same
+`TaskQueue` and passes the same tests (tests/test_task_queue.py).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import asyncio
 import time
 from abc import ABC, abstractmethod
 from collections import deque
+from dataclasses import dataclass
 
 from ..transcript import Transcript
 from .model import Task, TaskStatus
@@ -18,8 +20,33 @@ class QueueFull(Exception):
     """No room: too many tasks, or too many bytes, are waiting."""
 
 
+# A worker not heard from for this long is gone (it announces itself every ANNOUNCE_S).
+ANNOUNCE_S = 2.0
+WORKER_STALE_S = 10.0
+
+
+class QueueUnavailable(Exception):
+    """The queue's store can't be reached (Redis down): the API answers 503, workers wait."""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """What an autoscaler needs: tasks waiting (cluster-wide) and the oldest one's age."""
+
+    depth: int
+    oldest_age_s: float
+
+
 class TaskQueue(ABC):
-    """FIFO tasks with results that expire `ttl_s` after they are done (or last read)."""
+    """FIFO tasks with results that expire `ttl_s` after they are done (or last read).
+
+    `finish` and `fail` return whether this call recorded the outcome: False when the task was
+    cancelled meanwhile or (shared queues) another worker took it over; only the recorder sends
+    the callback, so a task's callback goes out once."""
+
+    # Several processes share this queue (Redis): a stopping worker leaves the waiting tasks
+    # to the others instead of failing them.
+    shared: bool = False
 
     @abstractmethod
     async def submit(self, task: Task) -> int:
@@ -34,10 +61,10 @@ class TaskQueue(ABC):
         """The task and its position (None when not pending), or None if unknown/expired."""
 
     @abstractmethod
-    async def finish(self, task: Task, transcript: Transcript) -> None: ...
+    async def finish(self, task: Task, transcript: Transcript) -> bool: ...
 
     @abstractmethod
-    async def fail(self, task: Task, code: str, message: str) -> None: ...
+    async def fail(self, task: Task, code: str, message: str) -> bool: ...
 
     @abstractmethod
     async def remove(self, task_id: str) -> Task | None:
@@ -50,6 +77,28 @@ class TaskQueue(ABC):
     @abstractmethod
     async def sweep(self) -> int:
         """Delete expired results now; return how many."""
+
+    @abstractmethod
+    async def stats(self) -> QueueStats: ...
+
+    @abstractmethod
+    async def announce(self, name: str, info: dict) -> None:
+        """A worker says it is alive and what it does (every few seconds)."""
+
+    @abstractmethod
+    async def workers(self) -> list[dict]:
+        """The workers heard from within WORKER_STALE_S, by name."""
+
+    async def release(self, task: Task) -> None:
+        """Give a taken task back unfinished (this worker is stopping): another takes it."""
+        raise NotImplementedError
+
+    async def health(self) -> str | None:
+        """Why the queue can't serve now, or None when it can."""
+        return None
+
+    async def close(self) -> None:  # noqa: B027 (nothing to release in memory)
+        """Release connections and background work."""
 
 
 class MemoryTaskQueue(TaskQueue):
@@ -75,6 +124,7 @@ class MemoryTaskQueue(TaskQueue):
         self._pending: deque[str] = deque()
         self._pending_bytes = 0
         self._wakeup = asyncio.Condition()
+        self._workers: dict[str, dict] = {}
 
     async def submit(self, task: Task) -> int:
         if len(self._pending) >= self.max_pending:
@@ -119,28 +169,29 @@ class MemoryTaskQueue(TaskQueue):
             position = 0
         return task, position
 
-    def _done(self, task: Task) -> None:
+    def _done(self, task: Task) -> bool:
         task.finished_at = self.clock()
         task.expires_at = task.finished_at + self.ttl_s
         task.audio = None
         if task.id not in self._tasks:
-            return  # removed (cancelled) while it ran: nothing to keep
+            return False  # removed (cancelled) while it ran: nothing to keep
         self._results[task.id] = None
         if self.max_results is not None:
             while len(self._results) > self.max_results:
                 self._forget(next(iter(self._results)))
+        return True
 
     def _forget(self, task_id: str) -> None:
         self._tasks.pop(task_id, None)
         self._results.pop(task_id, None)
 
-    async def finish(self, task: Task, transcript: Transcript) -> None:
+    async def finish(self, task: Task, transcript: Transcript) -> bool:
         task.status, task.transcript = TaskStatus.FINISHED, transcript
-        self._done(task)
+        return self._done(task)
 
-    async def fail(self, task: Task, code: str, message: str) -> None:
+    async def fail(self, task: Task, code: str, message: str) -> bool:
         task.status, task.error = TaskStatus.FAILED, {"code": code, "message": message}
-        self._done(task)
+        return self._done(task)
 
     async def remove(self, task_id: str) -> Task | None:
         found = await self.get(task_id)
@@ -167,3 +218,16 @@ class MemoryTaskQueue(TaskQueue):
         for task_id in expired:
             self._forget(task_id)
         return len(expired)
+
+    async def stats(self) -> QueueStats:
+        oldest = self._tasks[self._pending[0]].uploaded_at if self._pending else None
+        age = max(0.0, self.clock() - oldest) if oldest is not None else 0.0
+        return QueueStats(len(self._pending), age)
+
+    async def announce(self, name: str, info: dict) -> None:
+        self._workers[name] = {**info, "worker": name, "seen_at": self.clock()}
+
+    async def workers(self) -> list[dict]:
+        now = self.clock()
+        live = [w for w in self._workers.values() if now - w["seen_at"] <= WORKER_STALE_S]
+        return sorted(live, key=lambda w: w["worker"])
