@@ -37,6 +37,7 @@ bash deploy/apt-install.sh podman mmdebstrap runc ca-certificates || fail "apt-g
 podman --version
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/asrd-image.XXXXXX")
+# podman records its storage's paths at first use: keep them all within the cache.
 CACHE=${ASRD_IMAGE_CACHE:-$WORK/cache}
 mkdir -p "$CACHE/storage"
 cat > "$WORK/containers.conf" <<EOF
@@ -49,7 +50,7 @@ cat > "$WORK/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$CACHE/storage/graph"
-runroot = "$WORK/run"
+runroot = "$CACHE/storage/run"
 EOF
 export CONTAINERS_CONF=$WORK/containers.conf CONTAINERS_STORAGE_CONF=$WORK/storage.conf
 printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$WORK/pip.conf"
