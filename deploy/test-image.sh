@@ -40,11 +40,15 @@ WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/asrd-image.XXXXXX")
 # podman records its storage's paths at first use: keep them all within the cache.
 CACHE=${ASRD_IMAGE_CACHE:-$WORK/cache}
 mkdir -p "$CACHE/storage"
+# Its own state and file locks too: nothing shared with another podman on this machine.
+mkdir -p "$CACHE/storage/tmp"
 cat > "$WORK/containers.conf" <<EOF
 [containers]
 default_ulimits = []
 [engine]
 runtime = "runc"
+tmp_dir = "$CACHE/storage/tmp"
+lock_type = "file"
 EOF
 cat > "$WORK/storage.conf" <<EOF
 [storage]
@@ -60,7 +64,7 @@ cleanup() {
   podman rm -f -t 0 -a > /dev/null 2>&1
   podman volume rm -f asrd-test-data > /dev/null 2>&1
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2> /dev/null
-  if [ -z "${ASRD_IMAGE_CACHE:-}" ]; then podman system reset -f > /dev/null 2>&1; fi
+  [ -n "${ASRD_IMAGE_CACHE:-}" ] || podman rmi -a -f > /dev/null 2>&1
   rm -rf "$WORK"
 }
 trap cleanup EXIT
