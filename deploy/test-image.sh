@@ -7,7 +7,9 @@
 #      words from /asr, not root, its HEALTHCHECK passes, no model in the /data volume, no
 #      compiler/torch/pip inside, and SIGTERM during a request: the request finishes, exit 0;
 #   4. the CUDA image (no model): CUDA 12's cuBLAS and cuDNN 9 load and resolve by name;
-#   5. the scale-out roles (1 Redis, 1 API, 2 workers, a task and a sync request through
+#   5. the systemd unit, for real: systemd booted in a (privileged) container of the CPU image,
+#      asrd.service serving /asr as a dynamic user, stopping cleanly;
+#   6. the scale-out roles (1 Redis, 1 API, 2 workers, a task and a sync request through
 #      them), where the image has `asrd worker`; else it says so and skips;
 # and prints both image sizes (the CPU image must stay under 1 GB, the CUDA one under 4 GB).
 #
@@ -35,19 +37,24 @@ bash deploy/apt-install.sh podman mmdebstrap runc ca-certificates || fail "apt-g
 podman --version
 
 WORK=$(mktemp -d "${TMPDIR:-/var/tmp}/asrd-image.XXXXXX")
+# podman records its storage's paths at first use: keep them all within the cache.
 CACHE=${ASRD_IMAGE_CACHE:-$WORK/cache}
 mkdir -p "$CACHE/storage"
+# Its own state and file locks too: nothing shared with another podman on this machine.
+mkdir -p "$CACHE/storage/tmp"
 cat > "$WORK/containers.conf" <<EOF
 [containers]
 default_ulimits = []
 [engine]
 runtime = "runc"
+tmp_dir = "$CACHE/storage/tmp"
+lock_type = "file"
 EOF
 cat > "$WORK/storage.conf" <<EOF
 [storage]
 driver = "overlay"
 graphroot = "$CACHE/storage/graph"
-runroot = "$WORK/run"
+runroot = "$CACHE/storage/run"
 EOF
 export CONTAINERS_CONF=$WORK/containers.conf CONTAINERS_STORAGE_CONF=$WORK/storage.conf
 printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$WORK/pip.conf"
@@ -57,7 +64,7 @@ cleanup() {
   podman rm -f -t 0 -a > /dev/null 2>&1
   podman volume rm -f asrd-test-data > /dev/null 2>&1
   [ -n "$REDIS_PID" ] && kill "$REDIS_PID" 2> /dev/null
-  if [ -z "${ASRD_IMAGE_CACHE:-}" ]; then podman system reset -f > /dev/null 2>&1; fi
+  [ -n "${ASRD_IMAGE_CACHE:-}" ] || podman rmi -a -f > /dev/null 2>&1
   rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -172,6 +179,51 @@ else
     python3 /tmp/checks.py cuda-libs || fail "CUDA libraries in the CUDA image"
   ok "CUDA image: cuBLAS and cuDNN load and resolve"
 fi
+
+say "systemd: the hardened unit runs asrd (systemd booted in a container)"
+# The CPU image's venv is at the unit's path (/opt/asrd/venv); its own user is removed, so
+# DynamicUser allocates one. Privileged: systemd builds the unit's sandbox (namespaces,
+# seccomp), as on a host.
+mkdir -p "$WORK/systemd"
+cp deploy/systemd/asrd.service "$WORK/systemd/"
+SYSTEMD_PORT=$(free_port)
+{ grep -v -e '^#' -e '^$' -e '^PORT=' -e '^MODEL_ID=' deploy/systemd/asrd.env
+  printf 'PORT=%s\nMODEL_ID=tiny.en\nBAKED_MODELS_DIR=/opt/asrd/models\nCPU_THREADS=2\n' \
+    "$SYSTEMD_PORT"; } > "$WORK/systemd/asrd.env"
+cat > "$WORK/systemd/Containerfile" <<EOF
+FROM $CPU
+USER 0
+RUN apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -q \\
+      --no-install-recommends systemd systemd-sysv > /dev/null \\
+    && rm -rf /var/lib/apt/lists/* && userdel asrd
+COPY asrd.service /etc/systemd/system/asrd.service
+COPY asrd.env /etc/asrd/asrd.env
+RUN systemctl enable asrd.service
+STOPSIGNAL SIGRTMIN+3
+CMD ["/lib/systemd/systemd"]
+EOF
+podman build --format docker --network host --pull=never -t localhost/asrd:test-systemd \
+  "$WORK/systemd" > "$WORK/build-systemd.log" 2>&1 \
+  || { tail -20 "$WORK/build-systemd.log"; fail "podman build (systemd)"; }
+podman run -d --name asrd-systemd --network host --privileged --systemd=always \
+  --no-healthcheck localhost/asrd:test-systemd > /dev/null
+unit_status() { podman exec asrd-systemd systemctl status asrd --no-pager 2>&1 | tail -20; }
+check wait "http://127.0.0.1:$SYSTEMD_PORT" --container asrd-systemd \
+  || { unit_status; fail "the systemd unit's /hc"; }
+check asr "http://127.0.0.1:$SYSTEMD_PORT" en_jfk_inaugural_1961.flac \
+  || { unit_status; fail "the systemd unit's /asr"; }
+MAIN_PID=$(podman exec asrd-systemd systemctl show -p MainPID --value asrd)
+UNIT_UID=$(podman exec asrd-systemd awk '/^Uid:/ {print $2}' "/proc/$MAIN_PID/status")
+echo "the unit's user id: $UNIT_UID (dynamic users: 61184-65519)"
+{ [ "$UNIT_UID" -ge 61184 ] && [ "$UNIT_UID" -le 65519 ]; } || fail "not a dynamic user"
+STOP_AT=$SECONDS
+podman exec asrd-systemd systemctl stop asrd
+UNIT_END=$(podman exec asrd-systemd systemctl show asrd -p Result -p ExecMainStatus)
+echo "$(tr '\n' ' ' <<< "$UNIT_END")after $((SECONDS - STOP_AT)) s"
+{ grep -q "Result=success" <<< "$UNIT_END" && grep -q "ExecMainStatus=0" <<< "$UNIT_END"; } \
+  || { unit_status; fail "the unit did not stop cleanly"; }
+podman rm -f -t 0 asrd-systemd > /dev/null
+ok "systemd: the hardened unit serves /asr as a dynamic user and stops cleanly"
 
 say "scale-out: Redis, 1 API, 2 workers, a task through them"
 if ! once --network none "$CPU" asrd worker --help > /dev/null 2>&1; then
